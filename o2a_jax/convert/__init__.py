@@ -1,1 +1,8 @@
 """Checkpoint conversion between the official PyTorch layouts (safetensors) and o2a_jax modules."""
+
+from o2a_jax.convert.official import (  # noqa: E402, F401
+  load_official,
+  official_shapes,
+  official_state_dict,
+  save_official,
+)

@@ -1,0 +1,260 @@
+"""Loading and saving the denoiser in the official PyTorch layout (safetensors, no PyTorch).
+
+Public names (contract): `load_official`, `official_state_dict`, `save_official`,
+`official_shapes`. Loading infers the architecture from keys and shapes, checks every key
+strictly before anything is built, and fills the parameters one tensor at a time from
+memory-mapped files. Saving streams one tensor at a time into shards plus the index JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from o2a_jax import sharding
+from o2a_jax.convert import official_layout as layout
+from o2a_jax.convert import safetensors_io as sio
+from o2a_jax.model.config import PRESETS, DenoiserConfig
+from o2a_jax.model.denoiser import Denoiser
+
+HEAD_DIM = 128  # every released Wan2.1 model; heads are not recoverable from shapes alone
+
+
+def abstract_model(cfg: DenoiserConfig) -> Denoiser:
+  """The model's structure with ShapeDtypeStruct leaves; nothing is allocated."""
+  with nnx.use_eager_sharding(False), sharding.axis_rules():
+    return nnx.eval_shape(lambda: Denoiser(cfg, rngs=nnx.Rngs(0)))
+
+
+def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+  """Dotted parameter path -> shape (works for concrete and abstract models)."""
+  return {
+    ".".join(map(str, path)): tuple(v.get_value().shape)
+    for path, v in nnx.state(model, nnx.Param).flat_state()
+  }
+
+
+def _shapes_and_entries(model: nnx.Module):
+  shapes = param_shapes(model)
+  entries = layout.entries(shapes)
+  return shapes, entries
+
+
+def official_shapes(preset: str | DenoiserConfig) -> dict[str, tuple[int, ...]]:
+  """Official key -> PyTorch shape of a model, from `jax.eval_shape` of the real module."""
+  cfg = preset if isinstance(preset, DenoiserConfig) else DenoiserConfig(**_preset(preset))
+  shapes, entries = _shapes_and_entries(abstract_model(cfg))
+  return {e.key: layout.torch_shape(e, shapes[e.path]) for e in entries}
+
+
+def _preset(name: str) -> dict:
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+  return PRESETS[name]
+
+
+def _count(keys, pattern: str) -> int:
+  rx = re.compile(pattern)
+  idx = {int(m.group(1)) for k in keys if (m := rx.match(k))}
+  if idx and idx != set(range(len(idx))):
+    raise sio.CheckpointError(f"non-contiguous layer indices for {pattern}: {sorted(idx)}")
+  return len(idx)
+
+
+def infer_config(shapes: Mapping[str, tuple[int, ...]], **overrides) -> DenoiserConfig:
+  """The architecture from official keys and shapes (heads assume head dim 128)."""
+
+  def get(key):
+    if key not in shapes:
+      raise sio.CheckpointError(
+        f"checkpoint lacks {key!r}: is this a One-to-All denoiser checkpoint (official keys)?"
+      )
+    return shapes[key]
+
+  patch = get("patch_embedding.weight")  # (D, C, 1, p, p)
+  dim = patch[0]
+  head_dim = overrides.pop("head_dim", HEAD_DIM)
+  if dim % head_dim:
+    raise sio.CheckpointError(f"model width {dim} is not a multiple of head dim {head_dim}")
+  hint = _count(shapes, r"^input_hint_block\.down_blocks\.(\d+)\.resnets\.0\.conv1\.conv\.weight$")
+  hint_ch = tuple(
+    get(f"input_hint_block.down_blocks.{d}.resnets.0.conv1.conv.weight")[0] for d in range(hint)
+  )
+  released_time_down = (False, True, True, False)
+  cfg = dict(
+    num_heads=dim // head_dim,
+    head_dim=head_dim,
+    num_layers=_count(shapes, r"^blocks\.(\d+)\.scale_shift_table$"),
+    ffn_dim=get("blocks.0.ffn.net.0.proj.weight")[0],
+    text_dim=get("condition_embedder.text_embedder.linear_1.weight")[1],
+    freq_dim=get("condition_embedder.time_embedder.linear_1.weight")[1],
+    ref_layers=_count(shapes, r"^refextractor\.blocks\.(\d+)\.scale_shift_table$"),
+    pose_layers=_count(shapes, r"^controlnet\.blocks\.(\d+)\.scale_shift_table$"),
+    in_channels=patch[1],
+    ref_in_channels=get("refextractor.patch_embedding.weight")[1],
+    out_channels=get("proj_out.weight")[0] // (patch[3] * patch[4]),
+    patch_size=(patch[2], patch[3], patch[4]),
+    hint_channels=hint_ch,
+    hint_time_down=released_time_down if hint == 4 else tuple(0 < d < 3 for d in range(hint)),
+    cond_channels=get("image_to_cond.conv_in.weight")[0],
+    cond_blocks=_count(shapes, r"^image_to_cond\.down_blocks\.(\d+)\.resnets\.0\.conv1\.weight$"),
+  )
+  cfg.update(overrides)
+  try:
+    return DenoiserConfig(**cfg)
+  except ValueError as e:
+    raise sio.CheckpointError(f"checkpoint implies an invalid architecture: {e}") from e
+
+
+def _dtype_overrides(dtype) -> dict:
+  name = jnp.dtype(dtype).name
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"dtype must be float32 or bfloat16, got {name}")
+  return dict(dtype=name, param_dtype=name)
+
+
+def _current_mesh():
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty else jax.sharding.get_mesh()
+
+
+def _place(arr: np.ndarray, spec, mesh) -> jax.Array:
+  if mesh is None:
+    return jnp.asarray(arr)
+  return jax.device_put(arr, jax.sharding.NamedSharding(mesh, spec))
+
+
+def load_official(
+  path: str | os.PathLike,
+  *,
+  dtype=jnp.float32,
+  progress: Callable[[int], None] | None = None,
+  **config_overrides,
+) -> Denoiser:
+  """Loads an official checkpoint (a folder of `*.safetensors` shards or one file).
+
+  Args:
+    path: folder or file; `*.json` files (e.g. the shard index) are ignored, as officially.
+    dtype: parameter and compute dtype, float32 or bfloat16 (the released bf16 inference).
+    progress: called with the number of tensors done after each tensor.
+    **config_overrides: DenoiserConfig fields shapes cannot give (e.g. `attn_impl`, `remat`).
+
+  Raises:
+    ValueError (CheckpointError): unreadable files, non-safetensors files, or missing,
+      unexpected or mis-shaped keys (all named, bounded lists). Nothing is loaded partially.
+  """
+  with sio.TensorSource(path) as src:
+    cfg = infer_config(src.shapes(), **{**_dtype_overrides(dtype), **config_overrides})
+    abstract = abstract_model(cfg)
+    shapes, entries = _shapes_and_entries(abstract)
+    expected = {e.key: layout.torch_shape(e, shapes[e.path]) for e in entries}
+    sio.check_keys(expected, src.shapes(), what=f"checkpoint {path}")
+
+    mesh = _current_mesh()
+    graphdef, state = nnx.split(abstract)
+    with sharding.axis_rules():
+      specs = nnx.get_partition_spec(state) if mesh is not None else None
+    np_dtype = np.dtype(cfg.params_dtype)
+    by_path: dict[str, list[layout.Entry]] = {}
+    for e in entries:
+      by_path.setdefault(e.path, []).append(e)
+    done = 0
+    flat_specs = dict(specs.flat_state()) if specs is not None else {}
+    for key_path, var in state.flat_state():
+      p = ".".join(map(str, key_path))
+      buf = np.empty(shapes[p], np_dtype)
+      for e in by_path[p]:
+        t = layout.to_ours(e, src[e.key], cfg.head_dim).astype(np_dtype)
+        if e.layer is None:
+          buf[...] = t
+        else:
+          buf[e.layer] = t
+        done += 1
+        if progress is not None:
+          progress(done)
+      spec = flat_specs[key_path].get_value() if mesh is not None else None
+      var.set_value(_place(buf, spec, mesh))
+      del buf
+    return nnx.merge(graphdef, state)
+
+
+def _iter_official(model: Denoiser, dtype=None):
+  """(entry, torch shape, np dtype, getter) for every official tensor, in official order."""
+  cfg = model.cfg
+  shapes, entries = _shapes_and_entries(model)
+  params = {".".join(map(str, p)): v for p, v in nnx.state(model, nnx.Param).flat_state()}
+  out_dtype = None if dtype is None else np.dtype(jnp.dtype(dtype))
+
+  def getter(e: layout.Entry):
+    v = params[e.path].get_value()
+    a = np.asarray(jax.device_get(v if e.layer is None else v[e.layer]))  # one layer at a time
+    a = layout.to_official(e, a, cfg.head_dim)
+    return a if out_dtype is None else a.astype(out_dtype)
+
+  order = {e.key: i for i, e in enumerate(entries)}
+  entries = sorted(entries, key=lambda e: (_official_sort_key(e.key), order[e.key]))
+  for e in entries:
+    dt = out_dtype or np.dtype(params[e.path].get_value().dtype)
+    yield e, layout.torch_shape(e, shapes[e.path]), dt, getter
+
+
+def _official_sort_key(key: str):
+  """Natural order: blocks.2 before blocks.10, as PyTorch's module order lists them."""
+  return [int(t) if t.isdigit() else t for t in key.split(".")]
+
+
+def official_state_dict(model: Denoiser, *, dtype=None) -> dict[str, np.ndarray]:
+  """Exactly the official key set with PyTorch layouts (numpy arrays)."""
+  return {e.key: get(e) for e, _, _, get in _iter_official(model, dtype)}
+
+
+def save_official(
+  model: Denoiser,
+  path: str | os.PathLike,
+  *,
+  dtype=None,
+  max_shard_bytes: int = 5 * 2**30,
+  progress: Callable[[int], None] | None = None,
+) -> pathlib.Path:
+  """Writes sharded safetensors plus `model.safetensors.index.json` into the folder `path`.
+
+  The folder is written under a temporary name and renamed when complete, so a failure
+  leaves nothing behind; an existing non-empty folder is refused. Loadable by the official
+  code with `load_state_dict(strict=True)`.
+  """
+  path = pathlib.Path(path)
+  if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    raise FileExistsError(f"{path} exists and is not an empty folder; choose a new destination")
+  items, getters = [], {}
+  for e, shape, dt, get in _iter_official(model, dtype):
+    items.append((e.key, dt, shape))
+    getters[e.key] = (e, get)
+  shards = sio.plan_shards(items, max_shard_bytes)
+  n = len(shards)
+  weight_map, total, done = {}, 0, 0
+
+  def on_tensor(_):
+    nonlocal done
+    done += 1
+    if progress is not None:
+      progress(done)
+
+  with sio.atomic_path(path, is_dir=True) as tmp:
+    for i, shard in enumerate(shards):
+      name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+      sio.write_file(tmp / name, shard, lambda k: getters[k][1](getters[k][0]),
+                     metadata={"format": "pt"}, on_tensor=on_tensor)
+      for key, dt, shape in shard:
+        weight_map[key] = name
+        total += dt.itemsize * int(np.prod(shape, dtype=np.int64))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+  return path

@@ -1,0 +1,1 @@
+"""Building blocks of the denoiser: norms, embeddings, attention, blocks and conv encoders."""
