@@ -1,15 +1,51 @@
-"""Pose preprocessing of the official inference (spec §6).
+"""Pose preprocessing of the official inference (spec §6), numpy and OpenCV only.
 
-Rendering, translation, estimator conversion, retargeting, pose files.
+Public API (contract "Pose" section):
 
-numpy and OpenCV only. The public names follow the contract's "Pose" section:
+- `render(pose, height, width, *, without_face, face_change, head_change)`: the official
+  `draw_pose_aligned`, uint8 (H,W,3) RGB.
+- `translate_reference(image, ref_pose, driving_pose)`: the official `warp_ref_to_pose`.
+- `from_coco_wholebody(kp133, width, height)`: estimator keypoints -> pose dict.
+- `retarget_to_reference(ref_kp133, driving_kp133, width, height, *, anchor=0)`: the official
+  `align_to_reference`.
+- `retarget_to_pose(ref_pose, driving_poses, *, anchor=0, reproduce_official=False)`: the official
+  `align_to_pose`, with its hand-assignment bug (spec §8.14) fixed unless `reproduce_official`.
+- `pick_anchor_frame(ref_pose, driving_poses)`: the official `pick_good_source_frame`.
+- Files: `read_official_npy`, `read_keypoints_json` / `write_keypoints_json`, `read_poses_json` /
+  `write_poses_json` (format in `o2a_jax.pose.formats`).
 
-- `render(pose, height, width, *, without_face, face_change, head_change)`: official
-  `draw_pose_aligned`.
-- `translate_reference(image, ref_pose, driving_pose)`: official `warp_ref_to_pose`.
+Pose dicts are described in `o2a_jax.pose.schema`; malformed ones raise ValueError naming the field.
 """
 
+from o2a_jax.pose.anchor import pick_anchor_frame
+from o2a_jax.pose.coco import from_coco_wholebody
+from o2a_jax.pose.formats import (
+  from_dwpose_raw,
+  read_keypoints_json,
+  read_official_npy,
+  read_poses_json,
+  write_keypoints_json,
+  write_poses_json,
+)
 from o2a_jax.pose.render import render
+from o2a_jax.pose.retarget_pose import retarget_to_pose
+from o2a_jax.pose.retarget_reference import retarget_to_reference
+from o2a_jax.pose.schema import as_pose
 from o2a_jax.pose.translate import body_scale_ratio, translate_reference
 
-__all__ = ["body_scale_ratio", "render", "translate_reference"]
+__all__ = [
+  "as_pose",
+  "body_scale_ratio",
+  "from_coco_wholebody",
+  "from_dwpose_raw",
+  "pick_anchor_frame",
+  "read_keypoints_json",
+  "read_official_npy",
+  "read_poses_json",
+  "render",
+  "retarget_to_pose",
+  "retarget_to_reference",
+  "translate_reference",
+  "write_keypoints_json",
+  "write_poses_json",
+]

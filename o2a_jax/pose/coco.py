@@ -1,19 +1,23 @@
 """COCO-WholeBody estimator keypoints -> pose metas and DWPose-style dicts (spec §6.2).
 
-The official inference estimates poses with ViTPose-H whole-body (133 COCO-WholeBody keypoints, pixels plus
-scores) and converts them in two steps, reproduced here:
+The official inference estimates poses with ViTPose-H whole-body (133 COCO-WholeBody keypoints,
+pixels plus scores) and converts them in two steps, reproduced here:
 
-1. `load_pose_metas_from_kp2ds_seq`: normalise by the image size and regroup into a "meta" (20 OpenPose body
-   points, each the mean of two COCO points so that the neck is the mid-shoulder point with the mean score,
-   21 + 21 hand points, 69 face points). A frame whose body points all lie off-image (every point has a
-   negative coordinate) reuses the previous frame's body, as officially.
-2. `aaposemeta_to_dwpose`: the first 18 body points, subset -1 only where the score is <= 0, hands in
-   **[right, left]** order (unlike DWPose's [left, right]; rendering does not care), the 68 face landmarks.
+1. `load_pose_metas_from_kp2ds_seq`: normalise by the image size and regroup into a "meta" (20
+   OpenPose body points, each the mean of two COCO points so that the neck is the mid-shoulder
+   point with the mean score, 21 + 21 hand points, 69 face points). A frame whose body points all
+   lie off-image (every point has a negative coordinate) reuses the previous frame's body, as
+   officially.
+2. `aaposemeta_to_dwpose`: the first 18 body points, subset -1 only where the score is <= 0, hands
+   in **[right, left]** order (unlike DWPose's [left, right]; rendering does not care), the 68 face
+   landmarks.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from o2a_jax.pose.schema import require_usable
 
 # COCO-WholeBody indices averaged into the 20 OpenPose-order body points (a == b copies a point).
 _BODY_A = [0, 6, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3, 17, 20]
@@ -51,8 +55,8 @@ def _check_size(width, height) -> tuple[int, int]:
 def metas_from_kp133(kp_frames: np.ndarray, width: int, height: int, name: str) -> list[dict]:
   """Official `load_pose_metas_from_kp2ds_seq`: (N,133,3) pixel keypoints -> per-frame metas.
 
-  A meta holds normalised (x, y, score) arrays: `body` (20,3), `left_hand` (21,3), `right_hand` (21,3),
-  `face` (69,3), and the image `width`, `height`.
+  A meta holds normalised (x, y, score) arrays: `body` (20,3), `left_hand` (21,3), `right_hand`
+  (21,3), `face` (69,3), and the image `width`, `height`.
   """
   width, height = _check_size(width, height)
   metas = []
@@ -108,4 +112,6 @@ def from_coco_wholebody(kp133, width: int, height: int) -> dict:
   """
   kp = check_kp133(kp133, "kp133")
   meta = metas_from_kp133(kp[None], width, height, "kp133")[0]
-  return dwpose_from_meta(meta)
+  pose = dwpose_from_meta(meta)
+  require_usable(pose, "kp133")
+  return pose
