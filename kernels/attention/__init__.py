@@ -1,16 +1,32 @@
 """Attention entry points with an `impl` switch; every implementation matches `reference`.
 
-Implementations: `xla` (the plain-jnp reference). Further backends register in `_IMPLS`.
+Implementations (`_IMPLS`):
+- `reference`: the plain-jnp oracle (`reference.py`), materialises (L, S) logits; tests only.
+- `xla`: the oracle's semantics chunked over keys with an online softmax (`xla_chunked.py`);
+  memory linear in sequence length; the default, runs everywhere.
+- `cudnn`: RoPE in XLA, then `jax.nn.dot_product_attention(implementation="cudnn")` (`cudnn.py`).
+- `pallas_gpu`: Pallas, Triton lowering, fused RoPE (`pallas_gpu.py`); interpret mode on CPU.
+- `pallas_mosaic`: Pallas Mosaic GPU (Hopper TMA + wgmma) forward (`pallas_mosaic.py`).
+- `pallas_tpu`: Pallas Mosaic TPU, fused RoPE with lane rolls (`pallas_tpu.py`).
+
+All take un-rotated q, k (B, L, N, K; rotate-half channel order) and (cos, sin) tables of
+shape (L, K/2); the fused kernels rotate inside. `hybrid_attention` is the fused two-branch
+(self + reference) form of spec §2.9: one pass per query tile, separate softmax normalisers,
+summed outputs. Backends that take a kernel config accept `cfg=` through their own modules.
+Context-parallel wrappers are in `context_parallel.py`.
 """
 
 from __future__ import annotations
 
-from kernels.attention import reference
+from kernels.attention import cudnn, pallas_gpu, reference, xla_chunked
 
 Rope = reference.Rope
 
 _IMPLS = {
-  "xla": (reference.attention, reference.hybrid_attention),
+  "xla": (xla_chunked.attention, xla_chunked.hybrid_attention),
+  "reference": (reference.attention, reference.hybrid_attention),
+  "cudnn": (cudnn.attention, cudnn.hybrid_attention),
+  "pallas_gpu": (pallas_gpu.attention, pallas_gpu.hybrid_attention),
 }
 IMPLS = tuple(_IMPLS)
 
@@ -30,5 +46,13 @@ def attention(q, k, v, *, q_rope=None, k_rope=None, impl: str = "xla"):
 def hybrid_attention(q, k, v, k_ref, v_ref, *, q_rope, k_rope, q_ref_rope, k_ref_rope, impl="xla"):
   """Self-attention plus reference attention (separate softmaxes), summed before projection."""
   return _lookup(impl)[1](
-    q, k, v, k_ref, v_ref, q_rope=q_rope, k_rope=k_rope, q_ref_rope=q_ref_rope, k_ref_rope=k_ref_rope
+    q,
+    k,
+    v,
+    k_ref,
+    v_ref,
+    q_rope=q_rope,
+    k_rope=k_rope,
+    q_ref_rope=q_ref_rope,
+    k_ref_rope=k_ref_rope,
   )
