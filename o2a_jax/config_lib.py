@@ -1,0 +1,49 @@
+"""Helpers for `configs/*.py`: parsing `get_config(arg)` strings and building dataclasses.
+
+`parse_arg("variant=1.3b,runlocal", variant="tiny", runlocal=False)` returns a ConfigDict with
+the defaults overridden; values are cast to each default's type, a bare name sets a bool to
+True, and unknown names raise KeyError naming the accepted ones.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+from o2a_jax.model.config import DenoiserConfig
+
+
+def _cast(name: str, default, value: str):
+  if isinstance(default, bool):
+    if value.lower() in ("1", "true", "yes", ""):
+      return True
+    if value.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(f"config arg {name}={value!r} is not a boolean")
+  if default is None:
+    return value
+  try:
+    return type(default)(value)
+  except ValueError as e:
+    raise ValueError(f"config arg {name}={value!r} is not a {type(default).__name__}") from e
+
+
+def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
+  """`k=v,k2` -> ConfigDict over `defaults`; a lone first token sets the first default."""
+  out = dict(defaults)
+  if arg:
+    for i, token in enumerate(t for t in arg.split(",") if t):
+      name, eq, value = token.partition("=")
+      name = name.strip()
+      if not eq and i == 0 and name not in defaults:
+        name, value = next(iter(defaults)), token  # `get_config("1.3b")` means the variant
+      elif not eq:
+        value = ""
+      if name not in defaults:
+        raise KeyError(f"unknown config arg {name!r}; accepted: {sorted(defaults)}")
+      out[name] = _cast(name, defaults[name], value.strip())
+  return mlc.ConfigDict(out)
+
+
+def denoiser_config(model: mlc.ConfigDict) -> DenoiserConfig:
+  """The frozen DenoiserConfig of a `config.model` section (the ConfigDict stops here)."""
+  return DenoiserConfig(**model.to_dict())
