@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import kernels as attn
-from kernels.attention import pallas_gpu, reference, xla_chunked
+from kernels.attention import pallas_gpu, pallas_tpu, reference, xla_chunked
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
 B, L, S, N = 2, 72, 41, 2
@@ -101,12 +101,24 @@ def test_pallas_gpu_interpret(mode, dtype):
   check_against_oracle(pallas_gpu, cfg, mode, dtype)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_pallas_tpu_interpret(mode, dtype):
+  cfg = pallas_tpu.config(16, 32, 32, 16, interpret=True)
+  check_against_oracle(pallas_tpu, cfg, mode, dtype)
+
+
+def test_pallas_tpu_head_dim_64_short_keys():
+  cfg = pallas_tpu.config(16, 16, 16, 16, interpret=True)
+  check_against_oracle(pallas_tpu, cfg, "hybrid", jnp.float32, kd=64, lq=33, lk=5)
+
+
 def test_pallas_gpu_head_dim_64_short_keys():
   cfg = pallas_gpu.config(16, 16, 16, 16, interpret=True)
   check_against_oracle(pallas_gpu, cfg, "hybrid", jnp.float32, kd=64, lq=33, lk=5)
 
 
-@pytest.mark.parametrize("impl", ["xla", "pallas_gpu"])
+@pytest.mark.parametrize("impl", ["xla", "pallas_gpu", "pallas_tpu"])
 def test_public_api_default_config(impl):
   """The dispatch table with each implementation's default blocks (one partial block here)."""
   arrays, t = _inputs(lq=40, lk=9)

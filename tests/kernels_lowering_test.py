@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from kernels.attention import compat, cudnn, pallas_gpu
+from kernels.attention import compat, cudnn, pallas_gpu, pallas_tpu
 
 # (B, L, S, N): 1.3B at 480p and 14B at 720p, reference tokens S; head dim 128.
 SHAPES = {"1.3b": (1, 32760, 1560, 12), "14b": (1, 75600, 3600, 40)}
@@ -57,6 +57,15 @@ def test_pallas_gpu_lowers_for_cuda(shape, dtype):
   args = _args(SHAPES[shape], dtype)
   _lower(fwd, args, "cuda")
   _lower(bwd, args, "cuda")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", (jnp.bfloat16, jnp.float32), ids=lambda d: d.__name__)
+def test_pallas_tpu_lowers_for_tpu(shape, dtype):
+  fwd, bwd = _hybrid(pallas_tpu, cfg=pallas_tpu.config(interpret=False))
+  args = _args(SHAPES[shape], dtype)
+  _lower(fwd, args, "tpu")
+  _lower(bwd, args, "tpu")
 
 
 def test_cudnn_lowers_for_cuda(monkeypatch):

@@ -18,7 +18,7 @@ Context-parallel wrappers are in `context_parallel.py`.
 
 from __future__ import annotations
 
-from kernels.attention import cudnn, pallas_gpu, reference, xla_chunked
+from kernels.attention import cudnn, pallas_gpu, pallas_tpu, reference, xla_chunked
 
 Rope = reference.Rope
 
@@ -27,6 +27,7 @@ _IMPLS = {
   "reference": (reference.attention, reference.hybrid_attention),
   "cudnn": (cudnn.attention, cudnn.hybrid_attention),
   "pallas_gpu": (pallas_gpu.attention, pallas_gpu.hybrid_attention),
+  "pallas_tpu": (pallas_tpu.attention, pallas_tpu.hybrid_attention),
 }
 IMPLS = tuple(_IMPLS)
 
