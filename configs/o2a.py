@@ -15,22 +15,43 @@ from o2a_jax.model.config import PRESETS
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-  arg = config_lib.parse_arg(arg, variant="tiny", bf16=False, attn="xla", remat="none",
-                             noscan=False)
+  arg = config_lib.parse_arg(
+    arg, variant="tiny", bf16=False, attn="xla", remat="none", noscan=False
+  )
   if arg.variant not in PRESETS:
     raise KeyError(f"unknown variant {arg.variant!r}; choose one of {sorted(PRESETS)}")
   c = mlc.ConfigDict()
   c.seed = 0
-  c.model = mlc.ConfigDict(dict(
-    num_heads=0, head_dim=128, num_layers=0, ffn_dim=0, text_dim=4096, freq_dim=256,
-    ref_layers=0, pose_layers=0, in_channels=16, ref_in_channels=32, out_channels=16,
-    patch_size=(1, 2, 2), eps=1e-6, hint_channels=(16, 16, 16, 16), hint_groups=4,
-    hint_time_down=(False, True, True, False), cond_channels=16, cond_blocks=3, cond_groups=4,
-    rope_max_seq_len=1024, rope_theta=10000.0,
-    dtype="bfloat16" if arg.bf16 else "float32",
-    param_dtype="bfloat16" if arg.bf16 else "float32",
-    attn_impl=arg.attn, scan_layers=not arg.noscan, remat=arg.remat,
-  ))
+  c.model = mlc.ConfigDict(
+    dict(
+      num_heads=0,
+      head_dim=128,
+      num_layers=0,
+      ffn_dim=0,
+      text_dim=4096,
+      freq_dim=256,
+      ref_layers=0,
+      pose_layers=0,
+      in_channels=16,
+      ref_in_channels=32,
+      out_channels=16,
+      patch_size=(1, 2, 2),
+      eps=1e-6,
+      hint_channels=(16, 16, 16, 16),
+      hint_groups=4,
+      hint_time_down=(False, True, True, False),
+      cond_channels=16,
+      cond_blocks=3,
+      cond_groups=4,
+      rope_max_seq_len=1024,
+      rope_theta=10000.0,
+      dtype="bfloat16" if arg.bf16 else "float32",
+      param_dtype="bfloat16" if arg.bf16 else "float32",
+      attn_impl=arg.attn,
+      scan_layers=not arg.noscan,
+      remat=arg.remat,
+    )
+  )
   c.model.update(PRESETS[arg.variant])
   # Mesh (data, fsdp, context, tensor); -1 takes the remaining devices.
   c.mesh_shape = (1, -1, 1, 1)

@@ -35,7 +35,9 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+def make_mesh(
+  shape: Sequence[int], devices: Sequence[jax.Device] | None = None
+) -> jax.sharding.Mesh:
   """A mesh over `MESH_AXES`; one entry of `shape` may be -1 to take the remaining devices.
 
   Auto axis types: `jax.make_mesh` now defaults to Explicit, which the DiT does not use.

@@ -12,8 +12,12 @@ import pytest
 from o2a_jax import sharding
 from o2a_jax.convert import load_official, official_shapes
 
-CASES = {"plain": (1.0, False), "scale0": (0.0, False), "scale07": (0.7, False),
-         "token_replace": (1.0, True)}
+CASES = {
+  "plain": (1.0, False),
+  "scale0": (0.0, False),
+  "scale07": (0.7, False),
+  "token_replace": (1.0, True),
+}
 
 
 def rel(a, b):
@@ -33,8 +37,17 @@ def io(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def args(io):
-  return tuple(jnp.asarray(a) for a in (cl(io["x"]), io["t"], io["text"], cl(io["image_latents"]),
-                                        cl(io["pose_video"]), cl(io["ref_pose"])))
+  return tuple(
+    jnp.asarray(a)
+    for a in (
+      cl(io["x"]),
+      io["t"],
+      io["text"],
+      cl(io["image_latents"]),
+      cl(io["pose_video"]),
+      cl(io["ref_pose"]),
+    )
+  )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +57,10 @@ def model(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def outputs(model, args):
-  fwd = jax.jit(lambda *a, s, tr: model(*a, pose_scale=s, token_replace=tr,
-                                        return_activations=True), static_argnames="tr")
+  fwd = jax.jit(
+    lambda *a, s, tr: model(*a, pose_scale=s, token_replace=tr, return_activations=True),
+    static_argnames="tr",
+  )
   return {case: fwd(*args, s=s, tr=tr) for case, (s, tr) in CASES.items()}
 
 
@@ -96,17 +111,21 @@ def test_official_shapes_full_size(fixtures_dir, preset_name):
   assert ours == {k: tuple(v) for k, v in ref.items()}
   count = sum(int(np.prod(s)) for s in ours.values())
   assert (len(ours), count) == {"1.3b": (1329, 2_210_576_224), "14b": (1513, 18_782_035_296)}[
-    preset_name]
+    preset_name
+  ]
 
 
 def _small_inputs(cfg, b=1, t=2):
   k = jax.random.split(jax.random.key(1), 6)
   h, w = 4, 6
-  return (jax.random.normal(k[0], (b, t, h, w, 16)), jnp.full((b,), 700.0),
-          jax.random.normal(k[1], (b, 3, cfg.text_dim)),
-          jax.random.normal(k[2], (b, 1, h, w, 32)),
-          jax.random.uniform(k[3], (b, 4 * t - 3, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-          jax.random.uniform(k[4], (b, 1, 8 * h, 8 * w, 3), minval=-1, maxval=1))
+  return (
+    jax.random.normal(k[0], (b, t, h, w, 16)),
+    jnp.full((b,), 700.0),
+    jax.random.normal(k[1], (b, 3, cfg.text_dim)),
+    jax.random.normal(k[2], (b, 1, h, w, 32)),
+    jax.random.uniform(k[3], (b, 4 * t - 3, 8 * h, 8 * w, 3), minval=-1, maxval=1),
+    jax.random.uniform(k[4], (b, 1, 8 * h, 8 * w, 3), minval=-1, maxval=1),
+  )
 
 
 def test_scan_loop_and_remat_agree(fixtures_dir, args, outputs):
@@ -114,8 +133,7 @@ def test_scan_loop_and_remat_agree(fixtures_dir, args, outputs):
   fwd = jax.jit(lambda m, *a: m(*a, token_replace=True))
   for variant in (dict(scan_layers=False), dict(remat="full")):
     other = load_official(fixtures_dir / "model_tiny", **variant)
-    np.testing.assert_allclose(fwd(other, *args), outputs["token_replace"][0], rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(fwd(other, *args), outputs["token_replace"][0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

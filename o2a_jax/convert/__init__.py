@@ -6,3 +6,4 @@ from o2a_jax.convert.official import (  # noqa: E402, F401
   official_state_dict,
   save_official,
 )
+from o2a_jax.convert.vae import load_vae  # noqa: F401

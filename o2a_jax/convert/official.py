@@ -231,6 +231,8 @@ def save_official(
   code with `load_state_dict(strict=True)`.
   """
   path = pathlib.Path(path)
+  if dtype is not None and jnp.dtype(dtype).name not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"export dtype must be float32, bfloat16 or float16, got {jnp.dtype(dtype)}")
   if path.exists() and (not path.is_dir() or any(path.iterdir())):
     raise FileExistsError(f"{path} exists and is not an empty folder; choose a new destination")
   items, getters = [], {}
@@ -250,8 +252,13 @@ def save_official(
   with sio.atomic_path(path, is_dir=True) as tmp:
     for i, shard in enumerate(shards):
       name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-      sio.write_file(tmp / name, shard, lambda k: getters[k][1](getters[k][0]),
-                     metadata={"format": "pt"}, on_tensor=on_tensor)
+      sio.write_file(
+        tmp / name,
+        shard,
+        lambda k: getters[k][1](getters[k][0]),
+        metadata={"format": "pt"},
+        on_tensor=on_tensor,
+      )
       for key, dt, shape in shard:
         weight_map[key] = name
         total += dt.itemsize * int(np.prod(shape, dtype=np.int64))

@@ -118,7 +118,9 @@ class TensorSource(Mapping):
         except (KeyError, TypeError, ValueError) as e:
           raise CheckpointError(f"{file}: bad header entry for {key!r}: {meta}") from e
         if end > size or end - start != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
-          raise CheckpointError(f"{file}: tensor {key!r} has inconsistent offsets (truncated file?)")
+          raise CheckpointError(
+            f"{file}: tensor {key!r} has inconsistent offsets (truncated file?)"
+          )
         self.infos[key] = TensorInfo(file, dtype, shape, start, end)
 
   def __getitem__(self, key: str) -> np.ndarray:
@@ -127,8 +129,9 @@ class TensorSource(Mapping):
     if mm is None:
       with open(info.file, "rb") as f:
         mm = self._maps[info.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return np.frombuffer(mm, dtype=info.dtype, count=(info.end - info.start) // info.dtype.itemsize,
-                         offset=info.start).reshape(info.shape)
+    return np.frombuffer(
+      mm, dtype=info.dtype, count=(info.end - info.start) // info.dtype.itemsize, offset=info.start
+    ).reshape(info.shape)
 
   def __iter__(self) -> Iterator[str]:
     return iter(self.infos)
@@ -154,8 +157,11 @@ class TensorSource(Mapping):
     self.close()
 
 
-def check_keys(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]],
-               what: str = "checkpoint") -> None:
+def check_keys(
+  expected: Mapping[str, tuple[int, ...]],
+  found: Mapping[str, tuple[int, ...]],
+  what: str = "checkpoint",
+) -> None:
   """Raises CheckpointError naming missing, unexpected and mis-shaped keys (bounded lists)."""
   missing = sorted(set(expected) - set(found))
   unexpected = sorted(set(found) - set(expected))
@@ -187,7 +193,11 @@ def _header_for(items: list[tuple[str, np.dtype, tuple[int, ...]]], metadata=Non
     header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
   for key, dtype, shape in items:
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    header[key] = {"dtype": _NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+    header[key] = {
+      "dtype": _NAMES[dtype],
+      "shape": list(shape),
+      "data_offsets": [offset, offset + nbytes],
+    }
     offset += nbytes
   raw = json.dumps(header, separators=(",", ":")).encode()
   raw += b" " * (-len(raw) % 8)  # align the data to 8 bytes, as the reference writer does

@@ -85,7 +85,15 @@ class Attention(nnx.Module):
       k_ref = self._heads(self.norm_added_k(self.add_k_proj(ref)))
       v_ref = self._heads(self.add_v_proj(ref))
       o = kernels.hybrid_attention(
-        q, k, v, k_ref, v_ref, q_rope=rope, k_rope=rope, q_ref_rope=q_ref_rope,
-        k_ref_rope=k_ref_rope, impl=self.attn_impl,
+        q,
+        k,
+        v,
+        k_ref,
+        v_ref,
+        q_rope=rope,
+        k_rope=rope,
+        q_ref_rope=q_ref_rope,
+        k_ref_rope=k_ref_rope,
+        impl=self.attn_impl,
       )
     return self.to_out(o.reshape(*o.shape[:-2], -1))

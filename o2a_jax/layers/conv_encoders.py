@@ -25,18 +25,25 @@ from o2a_jax.layers.norms import GroupNorm, param
 class Conv(nnx.Module):
   """N-d convolution, channels-last, kernel (*k, C_in, C_out); no implicit padding."""
 
-  def __init__(self, cin, cout, kernel, *, stride=None, zero=False, out_axis=None, dtype,
-               param_dtype, rngs):
+  def __init__(
+    self, cin, cout, kernel, *, stride=None, zero=False, out_axis=None, dtype, param_dtype, rngs
+  ):
     kernel = tuple(kernel)
     self.stride = tuple(stride or (1,) * len(kernel))
     self.dtype = dtype
     bound = 1.0 / math.sqrt(cin * math.prod(kernel))  # PyTorch's default conv init
-    init = (nnx.initializers.zeros if zero
-            else lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound))
+    init = (
+      nnx.initializers.zeros
+      if zero
+      else lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound)
+    )
     axes = (None,) * len(kernel) + ("conv", out_axis or "conv")
     self.kernel = param(kernel + (cin, cout), init, axes, param_dtype, rngs)
-    bias_init = (nnx.initializers.zeros if zero
-                 else lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound))
+    bias_init = (
+      nnx.initializers.zeros
+      if zero
+      else lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound)
+    )
     self.bias = param((cout,), bias_init, (out_axis or "conv",), param_dtype, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -44,8 +51,12 @@ class Conv(nnx.Module):
     spatial = "THW"[-nd:] if nd <= 3 else None
     dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
     y = jax.lax.conv_general_dilated(
-      x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.stride, "VALID",
-      dimension_numbers=dn, preferred_element_type=jnp.float32,
+      x.astype(self.dtype),
+      self.kernel[...].astype(self.dtype),
+      self.stride,
+      "VALID",
+      dimension_numbers=dn,
+      preferred_element_type=jnp.float32,
     )
     return (y + self.bias[...].astype(jnp.float32)).astype(self.dtype)
 
@@ -78,8 +89,17 @@ class _Resnet(nnx.Module):
 class PoseEncoder(nnx.Module):
   """Pose video (B, F, H, W, 3) in [-1, 1] -> features (B, T, H/16, W/16, D)."""
 
-  def __init__(self, dim: int, channels: tuple[int, ...], groups: int, time_down: tuple[bool, ...],
-               *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    channels: tuple[int, ...],
+    groups: int,
+    time_down: tuple[bool, ...],
+    *,
+    dtype,
+    param_dtype,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.dtype = dtype
     self.conv_in = Conv(3, channels[0], (3, 3, 3), **kw)
@@ -105,8 +125,18 @@ class PoseEncoder(nnx.Module):
 class PrefixEncoder(nnx.Module):
   """Reference latents (B, 1, H, W, 32) -> the prefix latent frame (B, 1, H, W, 16)."""
 
-  def __init__(self, cin: int, ch: int, blocks: int, groups: int, cout: int, *, dtype, param_dtype,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cin: int,
+    ch: int,
+    blocks: int,
+    groups: int,
+    cout: int,
+    *,
+    dtype,
+    param_dtype,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.dtype = dtype
     self.conv_in = Conv(cin, ch, (3, 3), **kw)

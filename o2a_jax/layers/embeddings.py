@@ -66,8 +66,13 @@ class PatchEmbed(nnx.Module):
     fan_in = in_channels * patch * patch
     bound = 1.0 / math.sqrt(fan_in)
     init = lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound)
-    self.kernel = param((1, patch, patch, in_channels, dim), init,
-                        (None, None, None, "conv", "embed"), param_dtype, rngs)
+    self.kernel = param(
+      (1, patch, patch, in_channels, dim),
+      init,
+      (None, None, None, "conv", "embed"),
+      param_dtype,
+      rngs,
+    )
     self.bias = param((dim,), nnx.initializers.zeros, ("embed",), param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:

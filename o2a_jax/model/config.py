@@ -82,8 +82,12 @@ class DenoiserConfig:
     )
     need(len(self.patch_size) == 3, "patch_size must be (t, h, w)")
     need(self.patch_size[0] == 1, "only temporal patch size 1 is supported (as released)")
-    need(len(self.hint_time_down) == len(self.hint_channels), "hint_time_down needs one flag per stage")
-    need(all(c % self.hint_groups == 0 for c in self.hint_channels), "hint_groups must divide channels")
+    need(
+      len(self.hint_time_down) == len(self.hint_channels), "hint_time_down needs one flag per stage"
+    )
+    need(
+      all(c % self.hint_groups == 0 for c in self.hint_channels), "hint_groups must divide channels"
+    )
     need(self.cond_channels % self.cond_groups == 0, "cond_groups must divide cond_channels")
     need(self.remat in REMAT_POLICIES, f"remat {self.remat!r} not in {REMAT_POLICIES}")
     for name in ("dtype", "param_dtype"):
@@ -120,8 +124,16 @@ class DenoiserConfig:
 
 PRESETS: dict[str, dict] = {
   # The golden fixture's configuration (shared/golden/model_tiny/config.json).
-  "tiny": dict(num_heads=2, head_dim=128, num_layers=3, ffn_dim=64, text_dim=16, freq_dim=32,
-               ref_layers=2, pose_layers=2),
+  "tiny": dict(
+    num_heads=2,
+    head_dim=128,
+    num_layers=3,
+    ffn_dim=64,
+    text_dim=16,
+    freq_dim=32,
+    ref_layers=2,
+    pose_layers=2,
+  ),
   "1.3b": dict(num_heads=12, num_layers=30, ffn_dim=8960, ref_layers=14, pose_layers=2),
   "14b": dict(num_heads=40, num_layers=40, ffn_dim=13824, ref_layers=7, pose_layers=1),
 }

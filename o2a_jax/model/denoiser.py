@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from o2a_jax import sharding
-from o2a_jax.layers.block import ACT, Block, modulation
+from o2a_jax.layers.block import ACT, Block
 from o2a_jax.layers.conv_encoders import PoseEncoder, PrefixEncoder
 from o2a_jax.layers.embeddings import (
   PatchEmbed,
@@ -50,27 +50,37 @@ class Denoiser(nnx.Module):
     self.patch_embedding = PatchEmbed(cfg.in_channels, d, p, **kw)
     self.time_embedder = TimeEmbedding(cfg.freq_dim, d, **kw)
     self.text_embedder = TextProjection(cfg.text_dim, d, **kw)
-    self.image_to_cond = PrefixEncoder(cfg.ref_in_channels, cfg.cond_channels, cfg.cond_blocks,
-                                       cfg.cond_groups, cfg.in_channels, **kw)
+    self.image_to_cond = PrefixEncoder(
+      cfg.ref_in_channels,
+      cfg.cond_channels,
+      cfg.cond_blocks,
+      cfg.cond_groups,
+      cfg.in_channels,
+      **kw,
+    )
     self.pose_encoder = PoseEncoder(d, cfg.hint_channels, cfg.hint_groups, cfg.hint_time_down, **kw)
     self.refextractor = ReferenceExtractor(cfg, rngs=rngs)
     block = dict(eps=cfg.eps, dtype=dt, param_dtype=pdt, attn_impl=cfg.attn_impl)
     self.blocks = stack.create(
       cfg.num_layers,
-      lambda r: Block(d, cfg.num_heads, cfg.ffn_dim, cross_attn=True, ref_attn=True, rngs=r,
-                      **block),
+      lambda r: Block(
+        d, cfg.num_heads, cfg.ffn_dim, cross_attn=True, ref_attn=True, rngs=r, **block
+      ),
       rngs,
     )
     if cfg.pose_layers:
       self.pose_blocks = stack.create(
         cfg.pose_layers,
-        lambda r: Block(d, cfg.num_heads, cfg.ffn_dim, cross_attn=False, ref_attn=False, rngs=r,
-                        **block),
+        lambda r: Block(
+          d, cfg.num_heads, cfg.ffn_dim, cross_attn=False, ref_attn=False, rngs=r, **block
+        ),
         rngs,
       )
       self.pose_zero = stack.create(
-        cfg.pose_layers, lambda r: dense(d, d, ("embed", None), zero=True, rngs=r, dtype=dt,
-                                         param_dtype=pdt), rngs)
+        cfg.pose_layers,
+        lambda r: dense(d, d, ("embed", None), zero=True, rngs=r, dtype=dt, param_dtype=pdt),
+        rngs,
+      )
     init = lambda key, shape, dt_: (jax.random.normal(key, shape, dt_) / d**0.5).astype(dt_)
     self.scale_shift_table = param((1, 2, d), init, (None, None, "embed"), pdt, rngs)
     self.proj_out = dense(d, cfg.out_channels * p * p, ("embed", None), **kw)
@@ -144,10 +154,16 @@ class Denoiser(nnx.Module):
     tok = self.patch_embedding(x)  # B T+1 H W D
     hs = sharding.constrain(tok.reshape(b, -1, cfg.dim), ACT)
     rope = rope_tables(grid, cfg.head_dim, theta=cfg.rope_theta, max_len=cfg.rope_max_seq_len)
-    q_ref_rope = rope_tables(grid, cfg.head_dim, theta=cfg.rope_theta, max_len=cfg.rope_max_seq_len,
-                             zero_time=True)
-    k_ref_rope = rope_tables((1,) + grid[1:], cfg.head_dim, theta=cfg.rope_theta,
-                             max_len=cfg.rope_max_seq_len, zero_time=True)
+    q_ref_rope = rope_tables(
+      grid, cfg.head_dim, theta=cfg.rope_theta, max_len=cfg.rope_max_seq_len, zero_time=True
+    )
+    k_ref_rope = rope_tables(
+      (1,) + grid[1:],
+      cfg.head_dim,
+      theta=cfg.rope_theta,
+      max_len=cfg.rope_max_seq_len,
+      zero_time=True,
+    )
 
     # Time and text conditioning.
     timestep = timestep.astype(jnp.float32)
@@ -155,7 +171,9 @@ class Denoiser(nnx.Module):
     tr_tproj = tr_temb = tr_mask = None
     if token_replace:
       if t < TOKEN_REPLACE_FRAMES:
-        raise ValueError(f"TokenReplace needs at least {TOKEN_REPLACE_FRAMES} latent frames, got {t}")
+        raise ValueError(
+          f"TokenReplace needs at least {TOKEN_REPLACE_FRAMES} latent frames, got {t}"
+        )
       tr_temb, tr_tproj = self.time_embedder(jnp.zeros_like(timestep))
       idx = jnp.arange(grid[0] * n_frame)
       tr_mask = (idx >= n_frame) & (idx < (1 + TOKEN_REPLACE_FRAMES) * n_frame)
@@ -167,15 +185,28 @@ class Denoiser(nnx.Module):
     pose_drv = self.pose_encoder(pose_video)  # B T H W D
     pose_tok = jnp.concatenate([pose_ref, pose_drv], axis=1).reshape(b, -1, cfg.dim)
     if return_activations:
-      acts.update({"image_to_cond": prefix, "patch_embedding": tok, "pose_ref": pose_ref,
-                   "pose_video": pose_drv, "refextractor": ref_feats})
+      acts.update(
+        {
+          "image_to_cond": prefix,
+          "patch_embedding": tok,
+          "pose_ref": pose_ref,
+          "pose_video": pose_drv,
+          "refextractor": ref_feats,
+        }
+      )
 
     scale = jnp.asarray(pose_scale, dt)
     if scale.ndim == 1:
       scale = scale[:, None, None]
     interval = cfg.ref_interval
-    blk_kw = dict(rope=rope, text=text, q_ref_rope=q_ref_rope, k_ref_rope=k_ref_rope,
-                  tr_tproj=tr_tproj, tr_mask=tr_mask)
+    blk_kw = dict(
+      rope=rope,
+      text=text,
+      q_ref_rope=q_ref_rope,
+      k_ref_rope=k_ref_rope,
+      tr_tproj=tr_tproj,
+      tr_mask=tr_mask,
+    )
     run = dict(scan=cfg.scan_layers, remat=cfg.remat)
 
     def main(block, hs, index):
@@ -189,7 +220,7 @@ class Denoiser(nnx.Module):
     # Main block 0; then blocks 1..P, each followed by its pose block; then the rest.
     hs, ys0 = stack.run(self.blocks, main_body, hs, 0, 1, **run)
     n_pose = cfg.pose_layers
-    ys_pose = ctrl_ys = None
+    ys_pose = None
     if n_pose:
       pose_graph, pose_state = nnx.split(self.pose_blocks)
       zero_graph, zero_state = nnx.split(self.pose_zero)
@@ -198,16 +229,18 @@ class Denoiser(nnx.Module):
         hs, ctrl = carry
         pose_params, zero_params = x
         out = main(block, hs, index)
-        ctrl = nnx.merge(pose_graph, pose_params)(ctrl, tproj, rope=rope, tr_tproj=tr_tproj,
-                                                  tr_mask=tr_mask)
+        ctrl = nnx.merge(pose_graph, pose_params)(
+          ctrl, tproj, rope=rope, tr_tproj=tr_tproj, tr_mask=tr_mask
+        )
         res = nnx.merge(zero_graph, zero_params)(ctrl)
         hs = out + (res * scale).astype(dt)
         ys = (out, ctrl) if return_activations else None
         return (hs, ctrl), ys
 
       ctrl0 = hs + pose_tok.astype(dt)
-      (hs, _), ys_pose = stack.run(self.blocks, pose_body, (hs, ctrl0), 1, 1 + n_pose,
-                                   xs=(pose_state, zero_state), **run)
+      (hs, _), ys_pose = stack.run(
+        self.blocks, pose_body, (hs, ctrl0), 1, 1 + n_pose, xs=(pose_state, zero_state), **run
+      )
     hs, ys_rest = stack.run(self.blocks, main_body, hs, 1 + n_pose, cfg.num_layers, **run)
     if return_activations:
       mains = [ys0] + ([ys_pose[0]] if n_pose else []) + ([ys_rest] if ys_rest is not None else [])

@@ -32,14 +32,25 @@ class ReferenceExtractor(nnx.Module):
     if cfg.ref_layers:
       self.blocks = stack.create(
         cfg.ref_layers,
-        lambda r: Block(cfg.dim, cfg.num_heads, cfg.ffn_dim, cross_attn=False, ref_attn=False,
-                        eps=cfg.eps, dtype=dt, param_dtype=pdt, attn_impl=cfg.attn_impl, rngs=r),
+        lambda r: Block(
+          cfg.dim,
+          cfg.num_heads,
+          cfg.ffn_dim,
+          cross_attn=False,
+          ref_attn=False,
+          eps=cfg.eps,
+          dtype=dt,
+          param_dtype=pdt,
+          attn_impl=cfg.attn_impl,
+          rngs=r,
+        ),
         rngs,
       )
     # M + 1 zero-initialised Linear(D, D) stored stacked: kernel (M + 1, D, D), bias (M + 1, D).
     n = cfg.ref_layers + 1
-    self.ref_kernel = param((n, cfg.dim, cfg.dim), nnx.initializers.zeros, ("layers", "embed", None),
-                            pdt)
+    self.ref_kernel = param(
+      (n, cfg.dim, cfg.dim), nnx.initializers.zeros, ("layers", "embed", None), pdt
+    )
     self.ref_bias = param((n, cfg.dim), nnx.initializers.zeros, ("layers", None), pdt)
 
   def __call__(self, ref_latents: jax.Array, timestep: jax.Array, rope) -> jax.Array:
@@ -55,8 +66,9 @@ class ReferenceExtractor(nnx.Module):
         out = block(carry, tproj, rope=rope)
         return out, out
 
-      _, ys = stack.run(self.blocks, body, h, 0, cfg.ref_layers, scan=cfg.scan_layers,
-                        remat=cfg.remat)
+      _, ys = stack.run(
+        self.blocks, body, h, 0, cfg.ref_layers, scan=cfg.scan_layers, remat=cfg.remat
+      )
       samples.append(ys)
     feats = jnp.concatenate(samples, axis=0)  # (M + 1) B S D
     out = jnp.einsum("MBSD,MDE->MBSE", feats, self.ref_kernel[...].astype(dt))

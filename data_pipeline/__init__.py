@@ -1,0 +1,1 @@
+"""The Grain input pipeline for One-to-All training (masked-outpainting samples)."""

@@ -1,0 +1,168 @@
+"""Native checkpoints: Orbax checkpoints of the denoiser's parameter state plus its config.
+
+Layout of a native checkpoint folder (written by Orbax atomically: a temporary folder renamed
+on success, with a commit marker):
+  params/   the NNX Param state as a nested dict (stacked blocks keep their leading axis)
+  config/   the DenoiserConfig as JSON, so the architecture is known without the weights
+
+Restoring takes the shardings from the current mesh (`jax.set_mesh`), so a checkpoint saved on
+one mesh restores onto another; without a mesh it restores onto the default device.
+`import_official` streams an official checkpoint into this format one tensor at a time through
+disk-backed buffers, so converting needs far less memory than the checkpoint's size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from o2a_jax import sharding
+from o2a_jax.convert import official_layout as layout
+from o2a_jax.convert import safetensors_io as sio
+from o2a_jax.convert.official import _dtype_overrides, abstract_model, infer_config, param_shapes
+from o2a_jax.model.config import DenoiserConfig
+from o2a_jax.model.denoiser import Denoiser
+
+
+def _checkpointer() -> ocp.Checkpointer:
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def _config_json(cfg: DenoiserConfig) -> dict:
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _refuse_existing(path: pathlib.Path) -> None:
+  if path.exists():
+    raise FileExistsError(f"{path} already exists; choose a new destination or remove it first")
+
+
+def save_native(model: Denoiser, path: str | os.PathLike) -> pathlib.Path:
+  """Saves the model's parameters and config as an Orbax checkpoint folder."""
+  path = pathlib.Path(path).absolute()
+  _refuse_existing(path)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  _save(path, params, model.cfg)
+  return path
+
+
+def _save(path: pathlib.Path, params, cfg: DenoiserConfig) -> None:
+  ckpt = _checkpointer()
+  ckpt.save(
+    path,
+    args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(_config_json(cfg))
+    ),
+  )
+  ckpt.close()
+
+
+def read_config(path: str | os.PathLike, **overrides) -> DenoiserConfig:
+  """The DenoiserConfig stored in a native checkpoint (with optional field overrides)."""
+  path = pathlib.Path(path).absolute()
+  if not (path / "config").exists() or not (path / "params").exists():
+    raise ValueError(f"{path} is not a native o2a_jax checkpoint (no params/ and config/)")
+  ckpt = _checkpointer()
+  cfg = ckpt.restore(path, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  ckpt.close()
+  return DenoiserConfig(**{**cfg, **overrides})
+
+
+def load_native(path: str | os.PathLike, **overrides) -> Denoiser:
+  """Restores a native checkpoint onto the current mesh (or the default device).
+
+  `overrides` change DenoiserConfig fields that do not alter parameter shapes, e.g.
+  `dtype`/`param_dtype` (values are cast on restore), `attn_impl`, `remat`.
+  """
+  path = pathlib.Path(path).absolute()
+  cfg = read_config(path, **overrides)
+  abstract = abstract_model(cfg)
+  graphdef, state = nnx.split(abstract)
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    concrete = jax.sharding.get_mesh()
+    with sharding.axis_rules():
+      specs = nnx.get_partition_spec(state)
+    target = jax.tree.map(
+      lambda v, s: jax.ShapeDtypeStruct(
+        v.shape, v.dtype, sharding=jax.sharding.NamedSharding(concrete, s)
+      ),
+      nnx.to_pure_dict(state),
+      nnx.to_pure_dict(specs),
+    )
+  else:
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+      lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev), nnx.to_pure_dict(state)
+    )
+  ckpt = _checkpointer()
+  restored = ckpt.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+  ckpt.close()
+  nnx.replace_by_pure_dict(state, restored["params"])
+  return nnx.merge(graphdef, state)
+
+
+def import_official(
+  src: str | os.PathLike,
+  dst: str | os.PathLike,
+  *,
+  dtype="float32",
+  progress: Callable[[int], None] | None = None,
+  scratch: str | os.PathLike | None = None,
+) -> DenoiserConfig:
+  """Official safetensors checkpoint -> native checkpoint, streaming tensor by tensor.
+
+  Each stacked parameter is assembled in a disk-backed buffer (np.memmap in `scratch`, by
+  default a temporary folder beside `dst`) from memory-mapped source tensors, so neither the
+  source nor the result is ever held in memory as a whole. Keys are checked before anything
+  is written; on any failure nothing is left at `dst`.
+  """
+  dst = pathlib.Path(dst).absolute()
+  _refuse_existing(dst)
+  with sio.TensorSource(src) as source:
+    cfg = infer_config(source.shapes(), **_dtype_overrides(dtype))
+    abstract = abstract_model(cfg)
+    shapes = param_shapes(abstract)
+    entries = layout.entries(shapes)
+    expected = {e.key: layout.torch_shape(e, shapes[e.path]) for e in entries}
+    sio.check_keys(expected, source.shapes(), what=f"checkpoint {src}")
+    np_dtype = np.dtype(cfg.params_dtype)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.scratch.", dir=scratch or dst.parent))
+    try:
+      buffers, done = {}, 0
+      for i, path in enumerate(shapes):
+        buffers[path] = np.lib.format.open_memmap(
+          tmp / f"{i}.npy", mode="w+", dtype=np_dtype, shape=shapes[path]
+        )
+      for e in entries:
+        t = layout.to_ours(e, source[e.key], cfg.head_dim).astype(np_dtype)
+        if e.layer is None:
+          buffers[e.path][...] = t
+        else:
+          buffers[e.path][e.layer] = t
+        done += 1
+        if progress is not None:
+          progress(done)
+      for buf in buffers.values():
+        buf.flush()
+      nested: dict = {}
+      for path, buf in buffers.items():
+        node = nested
+        *parents, leaf = path.split(".")
+        for p in parents:
+          node = node.setdefault(int(p) if p.isdigit() else p, {})
+        node[leaf] = buf
+      _save(dst, nested, cfg)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+  return cfg

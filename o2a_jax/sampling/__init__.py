@@ -1,0 +1,1 @@
+"""Sampling: the flow-matching schedule and samplers."""
