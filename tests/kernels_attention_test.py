@@ -145,3 +145,32 @@ def test_cudnn_refuses_float32():
   q = arrays["q"]
   with pytest.raises(ValueError, match="bfloat16 or float16"):
     attn.attention(q, q, q, impl="cudnn")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["pallas_gpu", "pallas_mosaic", "cudnn", "xla"])
+@pytest.mark.parametrize("mode", MODES)
+def test_gpu_compiled_bfloat16(impl, mode):
+  """On a GPU: the compiled kernels (no interpret) at a few thousand tokens, bfloat16."""
+  from kernels.attention import cudnn, pallas_mosaic
+
+  mod = {"pallas_gpu": pallas_gpu, "pallas_mosaic": pallas_mosaic, "cudnn": cudnn}.get(impl)
+  cfg = {"pallas_gpu": pallas_gpu.config(interpret=False)}.get(impl)
+  if impl == "pallas_mosaic":
+    cfg = pallas_mosaic.config(interpret=False)
+  if impl == "xla":
+    mod, cfg = xla_chunked, xla_chunked.config()
+  if impl == "cudnn":  # cudnn takes no cfg
+    arrays, t = _inputs(lq=2000, lk=390)
+    args = _args(arrays, mode, jnp.bfloat16)
+    oracle, _ = _fns(xla_chunked, None, mode, t)
+    cand = {
+      "self": lambda q, k, v: cudnn.attention(q, k, v, q_rope=t["q_rope"], k_rope=t["k_rope"]),
+      "reference": lambda q, k, v: cudnn.attention(
+        q, k, v, q_rope=t["q_ref_rope"], k_rope=t["k_ref_rope"]
+      ),
+      "hybrid": lambda *a: cudnn.hybrid_attention(*a, **t),
+    }[mode]
+    assert _rel(jax.jit(cand)(*args), oracle(*args)) < 1e-2
+    return
+  check_against_oracle(mod, cfg, mode, jnp.bfloat16, lq=2000, lk=390)

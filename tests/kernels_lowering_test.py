@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from kernels.attention import compat, cudnn, pallas_gpu, pallas_tpu
+from kernels.attention import compat, cudnn, pallas_gpu, pallas_mosaic, pallas_tpu
 
 # (B, L, S, N): 1.3B at 480p and 14B at 720p, reference tokens S; head dim 128.
 SHAPES = {"1.3b": (1, 32760, 1560, 12), "14b": (1, 75600, 3600, 40)}
@@ -57,6 +57,27 @@ def test_pallas_gpu_lowers_for_cuda(shape, dtype):
   args = _args(SHAPES[shape], dtype)
   _lower(fwd, args, "cuda")
   _lower(bwd, args, "cuda")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", (jnp.bfloat16, jnp.float16), ids=lambda d: d.__name__)
+def test_pallas_mosaic_lowers_for_cuda(shape, dtype):
+  """Mosaic GPU forward (TMA + wgmma, SMEM budget checked by the lowering) and the Triton
+  backward it reuses."""
+  fwd, bwd = _hybrid(pallas_mosaic, cfg=pallas_mosaic.config(interpret=False))
+  args = _args(SHAPES[shape], dtype)
+  _lower(fwd, args, "cuda")
+  _lower(bwd, args, "cuda")
+
+
+def test_pallas_mosaic_refuses_float32_and_cpu():
+  q = jnp.zeros((1, 8, 1, 128), jnp.float32)
+  with pytest.raises(ValueError, match="bfloat16 or float16"):
+    pallas_mosaic.attention(q, q, q, cfg=pallas_mosaic.config(interpret=False))
+  q = q.astype(jnp.bfloat16)
+  if jax.default_backend() == "cpu":
+    with pytest.raises(ValueError, match="Hopper"):
+      pallas_mosaic.attention(q, q, q)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

@@ -6,7 +6,8 @@ Implementations (`_IMPLS`):
   memory linear in sequence length; the default, runs everywhere.
 - `cudnn`: RoPE in XLA, then `jax.nn.dot_product_attention(implementation="cudnn")` (`cudnn.py`).
 - `pallas_gpu`: Pallas, Triton lowering, fused RoPE (`pallas_gpu.py`); interpret mode on CPU.
-- `pallas_mosaic`: Pallas Mosaic GPU (Hopper TMA + wgmma) forward (`pallas_mosaic.py`).
+- `pallas_mosaic`: Pallas Mosaic GPU forward for Hopper (TMA + wgmma, FA3 style, Q-RoPE fused,
+  K rotated in XLA) with the `pallas_gpu` backward (`pallas_mosaic.py`); GPU only.
 - `pallas_tpu`: Pallas Mosaic TPU, fused RoPE with lane rolls (`pallas_tpu.py`).
 
 All take un-rotated q, k (B, L, N, K; rotate-half channel order) and (cos, sin) tables of
@@ -18,7 +19,14 @@ Context-parallel wrappers are in `context_parallel.py`.
 
 from __future__ import annotations
 
-from kernels.attention import cudnn, pallas_gpu, pallas_tpu, reference, xla_chunked
+from kernels.attention import (
+  cudnn,
+  pallas_gpu,
+  pallas_mosaic,
+  pallas_tpu,
+  reference,
+  xla_chunked,
+)
 
 Rope = reference.Rope
 
@@ -27,6 +35,7 @@ _IMPLS = {
   "reference": (reference.attention, reference.hybrid_attention),
   "cudnn": (cudnn.attention, cudnn.hybrid_attention),
   "pallas_gpu": (pallas_gpu.attention, pallas_gpu.hybrid_attention),
+  "pallas_mosaic": (pallas_mosaic.attention, pallas_mosaic.hybrid_attention),
   "pallas_tpu": (pallas_tpu.attention, pallas_tpu.hybrid_attention),
 }
 IMPLS = tuple(_IMPLS)
