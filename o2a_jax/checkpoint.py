@@ -166,3 +166,94 @@ def import_official(
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
   return cfg
+
+
+def _nest(path: str, value) -> dict:
+  node = value
+  for part in reversed(path.split(".")):
+    node = {int(part) if part.isdigit() else part: node}
+  return node
+
+
+def _leaf(tree: dict, path: str):
+  for part in path.split("."):
+    tree = tree[int(part) if part.isdigit() else part]
+  return tree
+
+
+def export_native(
+  src: str | os.PathLike,
+  dst: str | os.PathLike,
+  *,
+  dtype=None,
+  max_shard_bytes: int = 5 * 2**30,
+  progress: Callable[[int], None] | None = None,
+) -> int:
+  """Native checkpoint -> official safetensors shards + index, one parameter at a time.
+
+  Parameters are restored from the Orbax checkpoint one (stacked) leaf at a time, and the
+  official tensors are written in leaf order, so the host holds at most one parameter array
+  (the largest stacked one), never the whole model. Returns the number of tensors written.
+  """
+  import json
+
+  from o2a_jax.convert.official import export_dtype
+
+  src, dst = pathlib.Path(src).absolute(), pathlib.Path(dst)
+  out_dtype = export_dtype(dtype)
+  if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+    raise FileExistsError(f"{dst} exists and is not an empty folder; choose a new destination")
+  cfg = read_config(src)
+  abstract = abstract_model(cfg)
+  shapes = param_shapes(abstract)
+  dtypes = {
+    ".".join(map(str, p)): np.dtype(v.get_value().dtype)
+    for p, v in nnx.state(abstract, nnx.Param).flat_state()
+  }
+  entries = layout.entries(shapes)  # grouped by parameter path, layers in order
+  items = [
+    (e.key, out_dtype or dtypes[e.path], layout.torch_shape(e, shapes[e.path])) for e in entries
+  ]
+  by_key = {e.key: e for e in entries}
+  ckpt = _checkpointer()
+  cache: dict[str, np.ndarray] = {}
+
+  def get(key: str) -> np.ndarray:
+    e = by_key[key]
+    if e.path not in cache:
+      cache.clear()  # drop the previous parameter before restoring the next
+      item = _nest(e.path, np.zeros((), dtypes[e.path]))
+      restore_args = _nest(e.path, ocp.RestoreArgs(restore_type=np.ndarray))
+      got = ckpt.restore(
+        src,
+        args=ocp.args.Composite(
+          params=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+        ),
+      )
+      cache[e.path] = np.asarray(_leaf(got["params"], e.path))
+    a = cache[e.path] if e.layer is None else cache[e.path][e.layer]
+    a = layout.to_official(e, a, cfg.head_dim)
+    return a if out_dtype is None else a.astype(out_dtype)
+
+  shards = sio.plan_shards(items, max_shard_bytes)
+  n, done, weight_map, total = len(shards), 0, {}, 0
+
+  def on_tensor(_):
+    nonlocal done
+    done += 1
+    if progress is not None:
+      progress(done)
+
+  try:
+    with sio.atomic_path(dst, is_dir=True) as tmp:
+      for i, shard in enumerate(shards):
+        name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        sio.write_file(tmp / name, shard, get, metadata={"format": "pt"}, on_tensor=on_tensor)
+        for key, dt, shape in shard:
+          weight_map[key] = name
+          total += dt.itemsize * int(np.prod(shape, dtype=np.int64))
+      index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+      (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+  finally:
+    ckpt.close()
+  return len(items)

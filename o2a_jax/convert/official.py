@@ -216,6 +216,16 @@ def official_state_dict(model: Denoiser, *, dtype=None) -> dict[str, np.ndarray]
   return {e.key: get(e) for e, _, _, get in _iter_official(model, dtype)}
 
 
+def export_dtype(dtype) -> np.dtype | None:
+  """Validates an export dtype (None keeps each parameter's own)."""
+  if dtype is None:
+    return None
+  dt = np.dtype(jnp.dtype(dtype))
+  if dt.name not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"export dtype must be float32, bfloat16 or float16, got {dt.name}")
+  return dt
+
+
 def save_official(
   model: Denoiser,
   path: str | os.PathLike,
@@ -231,8 +241,7 @@ def save_official(
   code with `load_state_dict(strict=True)`.
   """
   path = pathlib.Path(path)
-  if dtype is not None and jnp.dtype(dtype).name not in ("float32", "bfloat16", "float16"):
-    raise ValueError(f"export dtype must be float32, bfloat16 or float16, got {jnp.dtype(dtype)}")
+  export_dtype(dtype)
   if path.exists() and (not path.is_dir() or any(path.iterdir())):
     raise FileExistsError(f"{path} exists and is not an empty folder; choose a new destination")
   items, getters = [], {}
