@@ -7,3 +7,4 @@ from o2a_jax.convert.official import (  # noqa: E402, F401
   save_official,
 )
 from o2a_jax.convert.vae import load_vae  # noqa: F401
+from o2a_jax.convert.text import load_text_encoder  # noqa: F401
