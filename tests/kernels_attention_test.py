@@ -7,6 +7,8 @@ issue's relative errors ||a-b||/||b||: 1e-5 in float32, 1e-2 in bfloat16.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 
 import kernels as attn
 from kernels.attention import pallas_gpu, pallas_tpu, reference, xla_chunked
+from kernels.attention.compat import pltpu
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
 B, L, S, N = 2, 72, 41, 2
@@ -106,6 +109,14 @@ def test_pallas_gpu_interpret(mode, dtype):
 def test_pallas_tpu_interpret(mode, dtype):
   cfg = pallas_tpu.config(16, 32, 32, 16, interpret=True)
   check_against_oracle(pallas_tpu, cfg, mode, dtype)
+
+
+@pytest.mark.slow
+def test_pallas_tpu_tpu_interpreter():
+  """The TPU interpreter (simulated VMEM, DMAs, grid order) rather than the HLO interpreter:
+  checks the clamped key-block index maps and the scratch carried across the reduction axis."""
+  cfg = dataclasses.replace(pallas_tpu.config(16, 32, 32, 16), interpret=pltpu.InterpretParams())
+  check_against_oracle(pallas_tpu, cfg, "hybrid", jnp.float32, lq=40, lk=20)
 
 
 def test_pallas_tpu_head_dim_64_short_keys():

@@ -108,8 +108,14 @@ def _params(cfg):
   return triton_compiler_params(cfg.num_warps, cfg.num_stages)
 
 
+def _check_head_dim(kd):
+  if (kd // 2) & (kd // 2 - 1):
+    raise ValueError(f"impl='pallas_gpu' needs K/2 a power of two (Triton tiles), got K={kd}")
+
+
 def forward(q, ks, vs, qcs, qss, kcs, kss, cfg: common.Config, residuals: bool):
   b, lq, n, kd = q.shape
+  _check_head_dim(kd)
   nb, bq = len(ks), cfg.block_q
   grid = (lq // bq, b, n)
   q_spec = pl.BlockSpec((None, bq, None, kd), lambda i, j, h: (j, i, h, 0))

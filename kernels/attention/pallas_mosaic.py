@@ -230,8 +230,12 @@ def _check_dtype(q):
       f"impl='pallas_mosaic' needs bfloat16 or float16 inputs, got {q.dtype} (wgmma on float32 is "
       "TF32); cast q/k/v or use impl='pallas_gpu'"
     )
-  if q.shape[-1] % 64:
-    raise ValueError(f"impl='pallas_mosaic' needs head dim a multiple of 64, got {q.shape[-1]}")
+  if q.shape[-1] != 128:
+    # K=64: the K/2 halves are not aligned with the (8, 64) SMEM tiling; K=256: the Q, K/V ring
+    # and table buffers exceed the 227 KiB of SMEM (both found by lowering for cuda).
+    raise ValueError(
+      f"impl='pallas_mosaic' supports head dim 128 only, got {q.shape[-1]}; use impl='pallas_gpu'"
+    )
 
 
 def forward(q, ks, vs, qcs, qss, kcs, kss, cfg: common.Config, residuals: bool):
