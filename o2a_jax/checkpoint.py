@@ -14,6 +14,7 @@ disk-backed buffers, so converting needs far less memory than the checkpoint's s
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 import pathlib
 import shutil
@@ -56,7 +57,12 @@ def save_native(model: Denoiser, path: str | os.PathLike) -> pathlib.Path:
 
 
 def _save(path: pathlib.Path, params, cfg: DenoiserConfig) -> None:
-  ckpt = _checkpointer()
+  # A small in-flight budget keeps Orbax from staging every array in memory at once.
+  ckpt = ocp.Checkpointer(
+    ocp.CompositeCheckpointHandler(
+      params=ocp.StandardCheckpointHandler(save_concurrent_gb=1), config=ocp.JsonCheckpointHandler()
+    )
+  )
   ckpt.save(
     path,
     args=ocp.args.Composite(
@@ -111,6 +117,14 @@ def load_native(path: str | os.PathLike, **overrides) -> Denoiser:
   return nnx.merge(graphdef, state)
 
 
+def _release(buf: np.memmap) -> None:
+  """Writes a finished disk-backed buffer out and drops its pages from this process."""
+  buf.flush()
+  mm = getattr(buf, "_mmap", None)
+  if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+    mm.madvise(mmap.MADV_DONTNEED)
+
+
 def import_official(
   src: str | os.PathLike,
   dst: str | os.PathLike,
@@ -144,17 +158,23 @@ def import_official(
         buffers[path] = np.lib.format.open_memmap(
           tmp / f"{i}.npy", mode="w+", dtype=np_dtype, shape=shapes[path]
         )
+      remaining = {p: 0 for p in shapes}
       for e in entries:
+        remaining[e.path] += 1
+      for e in entries:  # grouped by parameter, so each buffer is finished in turn
+        buf = buffers[e.path]
         t = layout.to_ours(e, source[e.key], cfg.head_dim).astype(np_dtype)
         if e.layer is None:
-          buffers[e.path][...] = t
+          buf[...] = t
         else:
-          buffers[e.path][e.layer] = t
+          buf[e.layer] = t
+        del t
+        remaining[e.path] -= 1
+        if not remaining[e.path]:
+          _release(buf)
         done += 1
         if progress is not None:
           progress(done)
-      for buf in buffers.values():
-        buf.flush()
       nested: dict = {}
       for path, buf in buffers.items():
         node = nested

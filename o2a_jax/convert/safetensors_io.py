@@ -1,14 +1,14 @@
 """Streaming safetensors reading and writing with numpy only (no PyTorch, no pickle).
 
 The format is an 8-byte little-endian header length, a JSON header mapping names to
-`{dtype, shape, data_offsets}`, then the raw bytes. Reading memory-maps the file, so one tensor
-at a time is materialised; writing streams tensors to disk one by one. bfloat16 uses ml_dtypes.
+`{dtype, shape, data_offsets}`, then the raw bytes. Reading preads one tensor at a time into
+a fresh array, so the host holds only the tensors in use; writing streams tensors to disk one
+by one. bfloat16 uses ml_dtypes.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import pathlib
 import struct
@@ -102,7 +102,7 @@ class TensorSource(Mapping):
   def __init__(self, path: str | os.PathLike):
     self.files = list_files(path)
     self.infos: dict[str, TensorInfo] = {}
-    self._maps: dict[pathlib.Path, mmap.mmap] = {}
+    self._fds: dict[pathlib.Path, int] = {}
     for file in self.files:
       header, base = _read_header(file)
       size = file.stat().st_size
@@ -124,14 +124,19 @@ class TensorSource(Mapping):
         self.infos[key] = TensorInfo(file, dtype, shape, start, end)
 
   def __getitem__(self, key: str) -> np.ndarray:
+    """Reads one tensor into a fresh array (pread: no mapping keeps the file's pages in RSS)."""
     info = self.infos[key]
-    mm = self._maps.get(info.file)
-    if mm is None:
-      with open(info.file, "rb") as f:
-        mm = self._maps[info.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return np.frombuffer(
-      mm, dtype=info.dtype, count=(info.end - info.start) // info.dtype.itemsize, offset=info.start
-    ).reshape(info.shape)
+    fd = self._fds.get(info.file)
+    if fd is None:
+      fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+    out = np.empty(info.shape, info.dtype)
+    view, pos, end = memoryview(out.reshape(-1).view(np.uint8)), info.start, info.end
+    while pos < end:
+      n = os.preadv(fd, [view[pos - info.start :]], pos)
+      if n <= 0:
+        raise CheckpointError(f"{info.file}: unexpected end of file while reading {key!r}")
+      pos += n
+    return out
 
   def __iter__(self) -> Iterator[str]:
     return iter(self.infos)
@@ -143,12 +148,9 @@ class TensorSource(Mapping):
     return {k: v.shape for k, v in self.infos.items()}
 
   def close(self) -> None:
-    for mm in self._maps.values():
-      try:
-        mm.close()
-      except BufferError:  # an array still views it; the mapping closes when that array dies
-        pass
-    self._maps.clear()
+    for fd in self._fds.values():
+      os.close(fd)
+    self._fds.clear()
 
   def __enter__(self):
     return self
