@@ -56,19 +56,24 @@ def save_native(model: Denoiser, path: str | os.PathLike) -> pathlib.Path:
   return path
 
 
-def _save(path: pathlib.Path, params, cfg: DenoiserConfig) -> None:
-  # A small in-flight budget keeps Orbax from staging every array in memory at once.
-  ckpt = ocp.Checkpointer(
-    ocp.CompositeCheckpointHandler(
-      params=ocp.StandardCheckpointHandler(save_concurrent_gb=1), config=ocp.JsonCheckpointHandler()
+def _save(path: pathlib.Path, params, cfg: DenoiserConfig, *, streamed: bool = False) -> None:
+  if not streamed:
+    ckpt = _checkpointer()
+    params_args = ocp.args.StandardSave(params)
+  else:
+    # numpy leaves backed by finished disk buffers: written by tensorstore straight from the
+    # file pages (no defensive deep copy, which would stage the whole model in memory) with a
+    # small in-flight budget. The on-disk format is the standard one.
+    registry = ocp.type_handlers.create_type_handler_registry(
+      (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False))
     )
-  )
-  ckpt.save(
-    path,
-    args=ocp.args.Composite(
-      params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(_config_json(cfg))
-    ),
-  )
+    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, type_handler_registry=registry)
+    ckpt = ocp.Checkpointer(
+      ocp.CompositeCheckpointHandler(params=handler, config=ocp.JsonCheckpointHandler())
+    )
+    params_args = ocp.args.PyTreeSave(params)
+  config_args = ocp.args.JsonSave(_config_json(cfg))
+  ckpt.save(path, args=ocp.args.Composite(params=params_args, config=config_args))
   ckpt.close()
 
 
@@ -182,7 +187,7 @@ def import_official(
         for p in parents:
           node = node.setdefault(int(p) if p.isdigit() else p, {})
         node[leaf] = buf
-      _save(dst, nested, cfg)
+      _save(dst, nested, cfg, streamed=True)
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
   return cfg
