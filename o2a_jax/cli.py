@@ -14,6 +14,7 @@ import sys
 SUBCOMMAND_MODULES = (
   "o2a_jax.demo",
   "o2a_jax.convert.cli",
+  "o2a_jax.text.cli",
 )
 
 
