@@ -49,6 +49,11 @@ class Config:
   block_k_bwd: int = 0
   num_warps: int = 8
   num_stages: int = 2
+  # Chunked (non-Pallas) backends only: shrink each branch's key block to the smallest multiple
+  # of 8 that covers its keys in the same number of blocks (1,560 keys: 4 x 392, not 4 x 512),
+  # so padding stays under 8 keys per block. Filled per branch into `k_blocks`.
+  balance_k: bool = False
+  k_blocks: tuple[int, ...] = ()
 
   @property
   def bq_bwd(self) -> int:
@@ -134,10 +139,15 @@ def make_multi_branch(forward: Callable, backward: Callable) -> Callable:
     if cfg.bq_bwd != cfg.block_q:
       lq_pad = round_up(lq, math.lcm(cfg.block_q, cfg.bq_bwd))
     bk = math.lcm(cfg.block_k, cfg.bk_bwd)
-    ks, vs, qc, qs, kc, ksn, kv_lens = [], [], [], [], [], [], []
+    ks, vs, qc, qs, kc, ksn, kv_lens, k_blocks = [], [], [], [], [], [], [], []
     for k, v, q_rope, k_rope in branches:
       lk = k.shape[1]
-      lk_pad = round_up(lk, bk)
+      if cfg.balance_k:
+        blk = min(round_up(-(-lk // -(-lk // cfg.block_k)), 8), cfg.block_k)
+        k_blocks.append(blk)
+        lk_pad = round_up(lk, blk)
+      else:
+        lk_pad = round_up(lk, bk)
       ks.append(_pad_axis(k, 1, lk_pad))
       vs.append(_pad_axis(v, 1, lk_pad))
       c, s = _tables(q_rope, lq, half)
@@ -147,7 +157,7 @@ def make_multi_branch(forward: Callable, backward: Callable) -> Callable:
       kc.append(_pad_axis(c, 0, lk_pad))
       ksn.append(_pad_axis(s, 0, lk_pad))
       kv_lens.append(lk)
-    cfg = dataclasses.replace(cfg, kv_lens=tuple(kv_lens))
+    cfg = dataclasses.replace(cfg, kv_lens=tuple(kv_lens), k_blocks=tuple(k_blocks))
     out = core(_pad_axis(q, 1, lq_pad), *map(tuple, (ks, vs, qc, qs, kc, ksn)), cfg)
     return out[:, :lq]
 

@@ -1,6 +1,6 @@
 """`xla` implementation: the oracle's semantics, chunked over keys with an online softmax.
 
-Plain jnp (no Pallas), so it runs everywhere. Keys are processed in chunks of `block_k` by a
+Plain jnp (no Pallas), so it runs everywhere. Keys are processed in chunks of at most `block_k` by a
 `lax.scan`, so no (L, S) logits matrix is ever materialised: memory is O(B N L block_k), linear
 in sequence length. The backward pass is a custom_vjp that rescans the key chunks with the saved
 log-sum-exp (flash-attention style) instead of storing probabilities.
@@ -92,8 +92,10 @@ def _branch_forward(q, k, v, qc, qs, kc, ks, kv_len, c):
 
 def forward(q, ks, vs, qcs, qss, kcs, kss, cfg: common.Config, residuals: bool):
   total, outs, lses = None, [], []
-  for k, v, qc, qs, kc, ksn, kv_len in zip(ks, vs, qcs, qss, kcs, kss, cfg.kv_lens):
-    o, lse = _branch_forward(q, k, v, qc, qs, kc, ksn, kv_len, cfg.block_k)
+  for k, v, qc, qs, kc, ksn, kv_len, c in zip(
+    ks, vs, qcs, qss, kcs, kss, cfg.kv_lens, cfg.k_blocks
+  ):
+    o, lse = _branch_forward(q, k, v, qc, qs, kc, ksn, kv_len, c)
     total = o if total is None else total + o
     outs.append(o.astype(q.dtype))
     lses.append(lse)
@@ -135,7 +137,18 @@ def backward(q, ks, vs, qcs, qss, kcs, kss, cfg: common.Config, outs, lses, dout
   dq, dks, dvs = jnp.zeros(q.shape, jnp.float32), [], []
   for i, kv_len in enumerate(cfg.kv_lens):
     dqb, dk, dv = _branch_backward(
-      q, ks[i], vs[i], qcs[i], qss[i], kcs[i], kss[i], kv_len, cfg.block_k, outs[i], lses[i], dout
+      q,
+      ks[i],
+      vs[i],
+      qcs[i],
+      qss[i],
+      kcs[i],
+      kss[i],
+      kv_len,
+      cfg.k_blocks[i],
+      outs[i],
+      lses[i],
+      dout,
     )
     dq = dq + dqb
     dks.append(dk.astype(q.dtype))
@@ -148,11 +161,11 @@ multi_branch = common.make_multi_branch(forward, backward)
 
 def default_config(q, chunk: int = DEFAULT_CHUNK) -> common.Config:
   del q
-  return common.Config(block_q=1, block_k=chunk)
+  return common.Config(block_q=1, block_k=chunk, balance_k=True)
 
 
 def config(chunk: int = DEFAULT_CHUNK) -> common.Config:
-  return common.Config(block_q=1, block_k=chunk)
+  return common.Config(block_q=1, block_k=chunk, balance_k=True)
 
 
 attention, hybrid_attention = common.public_pair(multi_branch, default_config)
