@@ -92,10 +92,13 @@ class VAEConfig:
   dim_mult: tuple[int, ...] = (1, 2, 4, 4)
   num_res_blocks: int = 2
   temperal_downsample: tuple[bool, ...] = (False, True, True)
-  encode_tile: int = 32
-  encode_overlap: int = 16
-  decode_tile: int = 32
-  decode_overlap: int = 16
+  # Defaults: 480x832 runs as 2 tiles, 720x1280 as 2 (90x96 latent) tiles. With overlap 24 the
+  # seams are exact to ~1e-6 relative (measured, real architecture with random weights: overlap 16
+  # gives 1.4e-4, 20 gives 1.3e-5, 24 gives 7e-7).
+  encode_tile: int = 96
+  encode_overlap: int = 24
+  decode_tile: int = 96
+  decode_overlap: int = 24
 
   def __post_init__(self):
     if len(self.temperal_downsample) != len(self.dim_mult) - 1:
