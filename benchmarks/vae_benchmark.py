@@ -133,7 +133,7 @@ def run_torch(args, vae, video, latents):
     num_res_blocks=cfg.num_res_blocks,
     temperal_downsample=list(cfg.temperal_downsample),
   )
-  sd = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in vae_state_dict(vae).items()}
+  sd = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in vae_state_dict(vae).items()}
   model.load_state_dict(sd, strict=True)
   model = model.to(device=device, dtype=tdtype).eval()
   res = {}
