@@ -10,6 +10,7 @@ logical shardings when a mesh is current.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -168,6 +169,22 @@ def _current_mesh():
   return None if mesh.empty else jax.sharding.get_mesh()
 
 
+def _zeros(shape, dtype, placement) -> jax.Array:
+  return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=placement)()
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_rows(buf: jax.Array, block: jax.Array, start) -> jax.Array:
+  return jax.lax.dynamic_update_slice_in_dim(buf, block.astype(buf.dtype), start, 0)
+
+
+def _row_chunks(arr: np.ndarray, values: int = 1 << 24):
+  """(start, rows) blocks of about `values` values (the last block is smaller)."""
+  rows = max(1, values // max(1, int(np.prod(arr.shape[1:]))))
+  for start in range(0, arr.shape[0], rows):
+    yield start, arr[start : start + rows]
+
+
 def _check_tied(src: sio.TensorSource) -> None:
   """Both embedding copies stored: they are one tied tensor; compare a few rows cheaply."""
   a, b = src[EMBED_KEYS[0]], src[EMBED_KEYS[1]]
@@ -221,36 +238,32 @@ def load_text_encoder(
       specs = dict(nnx.get_partition_spec(state).flat_state()) if mesh is not None else {}
     total, done = len(shapes) - len(embed_keys) + 1, 0
 
-    def place(arr, key_path):
-      if mesh is None:
-        return jnp.asarray(arr)
-      spec = specs[key_path].get_value()
-      return jax.device_put(arr, jax.sharding.NamedSharding(mesh, spec))
-
     for key_path, var in state.flat_state():
       name = ".".join(map(str, key_path))
       target = var.get_value()
       np_dtype = np.dtype(target.dtype)
+      spec = specs[key_path].get_value() if mesh is not None else None
+      placement = jax.sharding.NamedSharding(mesh, spec) if mesh is not None else None
       if name == "embedding":
-        buf = np.asarray(src[embed_keys[0]], np_dtype)
-        done += 1
+        parts = _row_chunks(src[embed_keys[0]])
       elif name == "final_norm":
-        buf = np.asarray(src["encoder.final_layer_norm.weight"], np_dtype)
-        done += 1
-      elif name.startswith("layers."):
+        parts = [(0, src["encoder.final_layer_norm.weight"])]
+      else:
         template, transpose = _LAYER_KEYS[name.split(".", 1)[1]]
-        buf = np.empty(target.shape, np_dtype)
-        for i in range(cfg.num_layers):
-          t = src[template.format(i=i)]
-          buf[i] = t.T if transpose else t  # one layer at a time, cast on assignment
+        parts = (
+          (i, (t.T if transpose else t)[None])
+          for i, t in enumerate(src[template.format(i=i)] for i in range(cfg.num_layers))
+        )
+      # Filled in place, one layer (or row block) at a time: a host buffer of a whole stack plus
+      # its transfer would cost 2-3x its size in memory (2 GB per bf16 XXL `wi` stack).
+      buf = _zeros(target.shape, target.dtype, placement)
+      for start, block in parts:
+        buf = _set_rows(buf, jnp.asarray(np.asarray(block, np_dtype)), start)
+        if start == 0 or name.startswith("layers."):
           done += 1
           if progress is not None:
             progress(done, total)
-      else:
-        continue  # not a parameter (no other variables exist today)
-      if progress is not None:
-        progress(done, total)
-      var.set_value(place(buf, key_path))
+      var.set_value(buf)
       del buf
     encoder = nnx.merge(graphdef, state)
   encoder.checkpoint_id = checkpoint_fingerprint(path)

@@ -2,7 +2,8 @@
 
 T5 v1.1 blocks: pre-norm RMSNorm without mean or bias, self-attention without biases and without
 1/sqrt(K) scaling, gated-GELU (tanh) feed-forward, and, unlike T5, a separate relative-position bias
-table in every layer (UMT5). Layers are stacked along a leading `layers` axis and run with a scan.
+table in every layer (UMT5). Layers are stacked along a leading `layers` axis and run in a
+`fori_loop` (a scan).
 
 Numerics: matmuls in the compute `dtype`, parameters in `param_dtype`, norms and the residual
 stream in float32 (transformers keeps `wo` in float32 for this model family, which makes its
@@ -196,7 +197,12 @@ class UMT5Encoder(nnx.Module):
       for name in ("attn_norm", "q", "k", "v", "o", "rel_bias", "ffn_norm", "wi_0", "wi_1", "wo")
     }
 
-    def block(x, p):
+    def block(i, x):
+      # The barrier over the whole stack (with the carry, so it stays in the loop) keeps each
+      # layer's weight conversion inside the loop: otherwise XLA:CPU converts every stacked
+      # weight to float32 before the loop (bf16 dots are computed in f32 there), 18 GB for XXL.
+      x, params = jax.lax.optimization_barrier((x, stacked))
+      p = {k: jax.lax.dynamic_index_in_dim(v, i, keepdims=False) for k, v in params.items()}
       h = rms_norm_f32(x, p["attn_norm"], cfg.eps).astype(dt)
       q = jnp.einsum("BSD,DH->BSH", h, p["q"].astype(dt)).reshape(b, s, nh, hd)
       k = jnp.einsum("BSD,DH->BSH", h, p["k"].astype(dt)).reshape(b, s, nh, hd)
@@ -214,9 +220,9 @@ class UMT5Encoder(nnx.Module):
       g = act(jnp.einsum("BSD,DF->BSF", h, p["wi_0"].astype(dt)))
       u = jnp.einsum("BSD,DF->BSF", h, p["wi_1"].astype(dt))
       x = x + jnp.einsum("BSF,FD->BSD", g * u, p["wo"].astype(dt)).astype(jnp.float32)
-      return sharding.constrain(x, ("act_batch", "act_tokens", "act_embed")), None
+      return sharding.constrain(x, ("act_batch", "act_tokens", "act_embed"))
 
-    x, _ = jax.lax.scan(block, x, stacked)
+    x = jax.lax.fori_loop(0, cfg.num_layers, block, x)
     return rms_norm_f32(x, self.final_norm[...], cfg.eps).astype(dt)
 
 
