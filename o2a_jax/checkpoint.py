@@ -220,8 +220,6 @@ def export_native(
   official tensors are written in leaf order, so the host holds at most one parameter array
   (the largest stacked one), never the whole model. Returns the number of tensors written.
   """
-  import json
-
   from o2a_jax.convert.official import export_dtype
 
   src, dst = pathlib.Path(src).absolute(), pathlib.Path(dst)
@@ -260,25 +258,8 @@ def export_native(
     a = layout.to_official(e, a, cfg.head_dim)
     return a if out_dtype is None else a.astype(out_dtype)
 
-  shards = sio.plan_shards(items, max_shard_bytes)
-  n, done, weight_map, total = len(shards), 0, {}, 0
-
-  def on_tensor(_):
-    nonlocal done
-    done += 1
-    if progress is not None:
-      progress(done)
-
   try:
-    with sio.atomic_path(dst, is_dir=True) as tmp:
-      for i, shard in enumerate(shards):
-        name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        sio.write_file(tmp / name, shard, get, metadata={"format": "pt"}, on_tensor=on_tensor)
-        for key, dt, shape in shard:
-          weight_map[key] = name
-          total += dt.itemsize * int(np.prod(shape, dtype=np.int64))
-      index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-      (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    sio.write_sharded(dst, items, get, max_shard_bytes=max_shard_bytes, progress=progress)
   finally:
     ckpt.close()
   return len(items)

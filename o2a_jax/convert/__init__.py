@@ -1,10 +1,23 @@
-"""Checkpoint conversion between the official PyTorch layouts (safetensors) and o2a_jax modules."""
+"""Checkpoint conversion between the official PyTorch layouts (safetensors) and o2a_jax modules.
 
-from o2a_jax.convert.official import (  # noqa: E402, F401
+Public names: `load_official`, `official_shapes`, `official_state_dict`, `save_official`
+(the denoiser), `load_vae` (the Wan2.1 VAE) and `load_text_encoder` (UMT5).
+"""
+
+from o2a_jax.convert.official import (
   load_official,
   official_shapes,
   official_state_dict,
   save_official,
 )
-from o2a_jax.convert.vae import load_vae  # noqa: F401
-from o2a_jax.convert.text import load_text_encoder  # noqa: F401
+from o2a_jax.convert.text import load_text_encoder
+from o2a_jax.convert.vae import load_vae
+
+__all__ = [
+  "load_official",
+  "load_text_encoder",
+  "load_vae",
+  "official_shapes",
+  "official_state_dict",
+  "save_official",
+]

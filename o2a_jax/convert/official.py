@@ -8,7 +8,6 @@ memory-mapped files. Saving streams one tensor at a time into shards plus the in
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import re
@@ -242,35 +241,16 @@ def save_official(
   """
   path = pathlib.Path(path)
   export_dtype(dtype)
-  if path.exists() and (not path.is_dir() or any(path.iterdir())):
+  if path.exists() and (not path.is_dir() or any(path.iterdir())):  # refuse before any work
     raise FileExistsError(f"{path} exists and is not an empty folder; choose a new destination")
   items, getters = [], {}
   for e, shape, dt, get in _iter_official(model, dtype):
     items.append((e.key, dt, shape))
     getters[e.key] = (e, get)
-  shards = sio.plan_shards(items, max_shard_bytes)
-  n = len(shards)
-  weight_map, total, done = {}, 0, 0
-
-  def on_tensor(_):
-    nonlocal done
-    done += 1
-    if progress is not None:
-      progress(done)
-
-  with sio.atomic_path(path, is_dir=True) as tmp:
-    for i, shard in enumerate(shards):
-      name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-      sio.write_file(
-        tmp / name,
-        shard,
-        lambda k: getters[k][1](getters[k][0]),
-        metadata={"format": "pt"},
-        on_tensor=on_tensor,
-      )
-      for key, dt, shape in shard:
-        weight_map[key] = name
-        total += dt.itemsize * int(np.prod(shape, dtype=np.int64))
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-  return path
+  return sio.write_sharded(
+    path,
+    items,
+    lambda k: getters[k][1](getters[k][0]),
+    max_shard_bytes=max_shard_bytes,
+    progress=progress,
+  )

@@ -248,6 +248,43 @@ def plan_shards(items: Iterable[tuple[str, np.dtype, tuple[int, ...]]], max_shar
   return shards
 
 
+def write_sharded(
+  path: str | os.PathLike,
+  items: list[tuple[str, np.dtype, tuple[int, ...]]],
+  get: Callable[[str], np.ndarray],
+  *,
+  max_shard_bytes: int,
+  progress: Callable[[int], None] | None = None,
+) -> pathlib.Path:
+  """Streams tensors into HF-style shards plus `model.safetensors.index.json`, atomically.
+
+  The folder is written under a temporary name and renamed when complete, so a failure leaves
+  nothing behind; an existing non-empty folder is refused. `progress(n)` gets the tensor count.
+  """
+  path = pathlib.Path(path)
+  if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    raise FileExistsError(f"{path} exists and is not an empty folder; choose a new destination")
+  shards = plan_shards(items, max_shard_bytes)
+  n, done, weight_map, total = len(shards), 0, {}, 0
+
+  def on_tensor(_):
+    nonlocal done
+    done += 1
+    if progress is not None:
+      progress(done)
+
+  with atomic_path(path, is_dir=True) as tmp:
+    for i, shard in enumerate(shards):
+      name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+      write_file(tmp / name, shard, get, metadata={"format": "pt"}, on_tensor=on_tensor)
+      for key, dt, shape in shard:
+        weight_map[key] = name
+        total += dt.itemsize * int(np.prod(shape, dtype=np.int64))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+  return path
+
+
 class atomic_path:
   """Context manager yielding a temporary sibling path that replaces `path` on success only."""
 
