@@ -11,8 +11,11 @@ from flax import nnx
 
 
 def param(shape, init, axes, param_dtype, rngs=None):
-  """An nnx.Param with logical axis names, initialised by `init(key, shape, dtype)`."""
-  key = rngs.params() if rngs is not None else jax.random.key(0)
+  """An nnx.Param with logical axis names, initialised by `init(key, shape, dtype)`.
+
+  Without `rngs` the key is None, so only deterministic initialisers (ones, zeros) work.
+  """
+  key = rngs.params() if rngs is not None else None
   return nnx.Param(init(key, shape, param_dtype), out_sharding=axes)
 
 
