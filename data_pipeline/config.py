@@ -70,11 +70,21 @@ def get_data_config(stage: int = 2) -> mlc.ConfigDict:
   c.ref_noise_prob = 0.5  # conditional_clear_ratio
   c.ref_noise_mean = -3.0
   c.ref_noise_std = 0.5
-  # Official bugs (spec §8) are reproduced only when this is True: the double-exp reference
-  # noise (§8.1), the image-augmentation branch quirks (§8.22), the empty-list unpacking (§8.23)
-  # and the int/round stride mismatch (§8.24).
+  # Official bugs (spec §8) are reproduced only when this is True (default False = fixed): the
+  # double-exp reference noise sigma = exp(exp(N)) instead of exp(N) (§8.1); the image-augmentation
+  # branch quirks (§8.22: second draw for the reference drop, no return after the pose drop, the
+  # reference zoomed twice and its pose never); the round() stride of bucket eligibility and the
+  # two-second `one_more_second` (§8.24). The empty-pose-list crash (§8.23) is never reproduced.
   c.reproduce_official = False
   c.worker_count = 0  # Grain multiprocessing workers; 0 = in-process
+  c.read_threads = 1  # threads building samples in each process (Grain ReadOptions)
+  c.read_buffer = 2  # samples prefetched by those threads
+  # Bucket sizes and the eligibility threshold are multiplied by this (rounded to multiples of
+  # 16); 1.0 = the official 512/768 tables. Smaller values are for tests and CPU smoke runs.
+  c.bucket_scale = 1.0
+  # The reference pose is drawn without face in stage 1 (DR:486) and at inference; stages 2-3
+  # follow the per-clip without_face draw (D3:584-589).
+  c.ref_pose_without_face = stage == 1
   c.max_skipped_fraction = 0.01  # corrupt records tolerated before the run stops
   c.seed = 43
   return c

@@ -1,0 +1,350 @@
+"""The Grain training pipeline: epoch plans, per-sample loading, batching, state and metrics.
+
+Determinism. Epoch e is planned from (seed, e) alone: every record gets a bucket (resolution,
+aspect-ratio entry, frame count; spec §7.3), image pairs are mixed in at `image_ratio`, each
+bucket's samples are shuffled and cut into global batches of `global_batch` (the remainder of a
+bucket is dropped for the epoch), and the batches are shuffled. Global batch s is the s-th batch of
+the concatenated epochs; its row j is built with the RNG `np.random.default_rng([seed, s·G + j])`.
+Process p of P yields rows [p·G/P, (p+1)·G/P) of every global batch, so the same seed and step give
+the same samples whatever the number of hosts and Grain workers, and each record is read once per
+epoch across hosts.
+
+Corrupt records (undecodable bytes, images, poses; clips too short for their bucket) are skipped:
+the slot is filled by the next record of the same bucket group in the epoch plan (deterministic),
+and the skip is counted. `TrainIterator.metrics()` reports the counts; once at least
+`ceil(1/max_skipped_fraction)` records were read (at most 1000), a skipped fraction above
+`max_skipped_fraction` raises `RuntimeError`.
+
+Checkpointing the iterator with Orbax (the state holds Grain's state plus the skip counters):
+
+    import orbax.checkpoint as ocp
+    from data_pipeline import checkpoint_save_args, checkpoint_restore_args
+    mngr.save(step, args=ocp.args.Composite(params=..., data=checkpoint_save_args(it)))
+    mngr.restore(step, args=ocp.args.Composite(params=..., data=checkpoint_restore_args(it)))
+
+`it` must be built with the same config (including `worker_count`) and process layout as the saved
+one: Grain restores into a different worker count silently wrongly (jax_stack.md §6.1), so
+`set_state` refuses a state saved under a different layout.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections import OrderedDict
+
+import grain
+import numpy as np
+
+from data_pipeline import buckets
+from data_pipeline.batch import FIELDS
+from data_pipeline.records import CorruptRecordError, RecordSource
+from data_pipeline.sample import candidate_frames, pair_sample, video_sample
+
+_MAX_REPLACEMENTS = 16
+_EPOCH_CACHE = 3
+_STATE_VERSION = 1
+
+
+def _check_config(cfg) -> None:
+  if (cfg.frames - 1) % 4:
+    raise ValueError(f"config.data.frames must be 4k+1, got {cfg.frames}")
+  if cfg.global_batch < 1:
+    raise ValueError(f"config.data.global_batch must be >= 1, got {cfg.global_batch}")
+  if not 0.0 <= cfg.image_ratio < 1.0:
+    raise ValueError(f"config.data.image_ratio must be in [0, 1), got {cfg.image_ratio}")
+  buckets.bucket_config(cfg.buckets)
+
+
+class EpochPlanner:
+  """Plans epochs (lists of global batches) from the record metadata; picklable, cached."""
+
+  def __init__(self, cfg, clips_meta: dict, pairs_meta: dict):
+    _check_config(cfg)
+    self.cfg = cfg
+    self.clips = clips_meta
+    self.pairs = pairs_meta
+    self.n_clips = 0 if not clips_meta else len(clips_meta["height"])
+    self.n_pairs = 0 if not pairs_meta else len(pairs_meta["height"])
+    if self.n_clips + self.n_pairs == 0:
+      raise ValueError("the training dataset holds no clips and no image pairs")
+    self._max_frames = self._clip_capacity()
+    self._cache = OrderedDict()
+    self._sizes = []  # batches in epochs 0, 1, ...
+    if self.num_batches(0) == 0:
+      raise ValueError(
+        f"epoch 0 has no complete global batch of {cfg.global_batch}: too few samples per bucket "
+        f"({self.n_clips} clips, {self.n_pairs} pairs); lower global_batch or add data"
+      )
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_cache"] = OrderedDict()
+    return state
+
+  def _clip_capacity(self) -> np.ndarray:
+    """Longest clip (in sampled frames) each video supports, eligibility rule of §7.3/§8.24."""
+    cfg, m = self.cfg, self.clips
+    out = np.zeros(self.n_clips, np.int64)
+    for i in range(self.n_clips):
+      row = {k: m[k][i] for k in m}
+      if cfg.reproduce_official:
+        fps = float(row["fps"])
+        avail = min(int(row["end_frame"]) - int(row["start_frame"]), int(10 * fps))
+        stride = buckets.frame_stride(fps, cfg.train_fps, eligibility=True, reproduce_official=True)
+        out[i] = (avail - 1) // stride + 1
+      else:
+        out[i] = len(candidate_frames(row, cfg))
+    return out
+
+  def _plan(self, epoch: int) -> list:
+    cfg = self.cfg
+    rng = np.random.default_rng([cfg.seed, epoch, 0x0B0C])
+    table = buckets.bucket_config(cfg.buckets)
+    scale = float(cfg.bucket_scale)
+    groups: dict[tuple, list] = {}
+
+    def assign(kind, i, h, w, multi_frame: bool):
+      u = rng.random(len(table) + 1)
+      for k, (res, (p_res, p_keep)) in enumerate(table.items()):
+        if buckets.eligible(h, w, res, scale) and u[k] < p_res:
+          frames = cfg.frames if (multi_frame and u[-1] < p_keep) else 1
+          hh, ww = buckets.target_size(h, w, res, scale)
+          groups.setdefault((res, hh, ww, frames), []).append((kind, int(i)))
+          return
+
+    for i in range(self.n_clips):
+      assign(0, i, int(self.clips["height"][i]), int(self.clips["width"][i]),
+             self._max_frames[i] >= cfg.frames)  # fmt: skip
+    if self.n_pairs:
+      if self.n_clips:
+        n_img = int(round(self.n_clips * cfg.image_ratio / (1.0 - cfg.image_ratio)))
+        picks = (
+          rng.permutation(self.n_pairs)[:n_img]
+          if n_img <= self.n_pairs
+          else rng.integers(0, self.n_pairs, n_img)
+        )
+      else:
+        picks = rng.permutation(self.n_pairs)
+      for i in picks:
+        assign(1, i, int(self.pairs["height"][i]), int(self.pairs["width"][i]), False)
+    batches = []
+    gb = cfg.global_batch
+    for key in sorted(groups):
+      members = groups[key]
+      order = rng.permutation(len(members))
+      members = [members[j] for j in order]
+      for b in range(len(members) // gb):
+        batches.append((key, members, b * gb))
+    order = rng.permutation(len(batches))
+    return [batches[j] for j in order]
+
+  def epoch(self, e: int) -> list:
+    if e not in self._cache:
+      self._cache[e] = self._plan(e)
+      while len(self._cache) > _EPOCH_CACHE:
+        self._cache.popitem(last=False)
+    return self._cache[e]
+
+  def num_batches(self, e: int) -> int:
+    while len(self._sizes) <= e:
+      self._sizes.append(len(self.epoch(len(self._sizes))))
+    return self._sizes[e]
+
+  def locate(self, step: int) -> tuple[int, int]:
+    """Global step -> (epoch, batch within the epoch)."""
+    e, start = 0, 0
+    while True:
+      n = self.num_batches(e)
+      if step < start + n:
+        return e, step - start
+      e, start = e + 1, start + n
+
+  def slot(self, step: int, row: int) -> tuple:
+    """(kind 0=clip 1=pair, record index, (res, H, W, F), group members, position)."""
+    e, b = self.locate(step)
+    key, members, offset = self.epoch(e)[b]
+    kind, idx = members[offset + row]
+    return kind, idx, key, members, offset + row
+
+
+class SampleLoader:
+  """Process-local sample counter i -> one sample (picklable Grain map function)."""
+
+  def __init__(self, cfg, data_dir, pool_dir, process_index: int, process_count: int):
+    self.cfg = cfg
+    self.clips = RecordSource(data_dir, "clip")
+    self.pairs = RecordSource(data_dir, "pair")
+    pool_dir = pool_dir or data_dir
+    self.pool = RecordSource(pool_dir, "pool")
+    self.planner = EpochPlanner(cfg, self.clips.meta, self.pairs.meta)
+    self.local_batch = cfg.global_batch // process_count
+    self.process_index = process_index
+
+  def _pool_pick(self, rng, ratio: float):
+    """A random pool pose: pool A (H/W >= 1) or B, by the pool record's own aspect."""
+    if not len(self.pool):
+      return None
+    hw = self.pool.meta["height"] / self.pool.meta["width"]
+    group = np.flatnonzero((hw >= 1) == (ratio >= 1))
+    group = group if len(group) else np.arange(len(self.pool))
+    return self.pool.read(int(group[int(rng.integers(len(group)))]))
+
+  def build(self, kind: int, idx: int, key: tuple, rng):
+    _, h, w, frames = key
+    pool = self._pool_pick if len(self.pool) else None
+    if kind == 0:
+      rec = self.clips.read(idx)
+      return video_sample(rec, rng, self.cfg, h, w, frames, pool=pool)
+    rec = self.pairs.read(idx)
+    return pair_sample(rec, rng, self.cfg, h, w, pool=pool)
+
+  def global_sample(self, step: int, row: int):
+    """(sample, info, skipped) of row `row` of global batch `step`."""
+    kind, idx, key, members, pos = self.planner.slot(step, row)
+    gidx = step * self.cfg.global_batch + row
+    skipped = 0
+    for attempt in range(_MAX_REPLACEMENTS + 1):
+      rng = np.random.default_rng([self.cfg.seed, gidx, attempt])
+      try:
+        sample, info = self.build(kind, idx, key, rng)
+        info.update(step=step, row=row, record=(kind, idx), key=key)
+        return sample, info, skipped
+      except CorruptRecordError as e:
+        skipped += 1
+        last = e
+        kind, idx = members[(pos + attempt + 1) % len(members)]
+    raise RuntimeError(
+      f"{skipped} consecutive corrupt records while filling batch {step} row {row} (bucket "
+      f"{key}); last error: {last}. Check the dataset with `o2a data build` output."
+    )
+
+  def __call__(self, i: int) -> dict:
+    step, j = divmod(int(i), self.local_batch)
+    sample, _, skipped = self.global_sample(step, self.process_index * self.local_batch + j)
+    sample["_skipped"] = np.int32(skipped)
+    return sample
+
+
+class TrainIterator(grain.DatasetIterator):
+  """Per-process training batches (dicts per `data_pipeline.batch`), with state and metrics."""
+
+  def __init__(self, parent, *, cfg, process_index: int, process_count: int):
+    super().__init__(parent)
+    self._layout = [int(cfg.worker_count), int(process_index), int(process_count),
+                    int(cfg.global_batch), int(cfg.seed)]  # fmt: skip
+    self._max_frac = float(cfg.max_skipped_fraction)
+    self._min_reads = min(1000, math.ceil(1 / self._max_frac)) if self._max_frac > 0 else 1
+    self.samples = 0
+    self.skipped = 0
+    self.steps = 0
+
+  def __next__(self) -> dict:
+    batch = next(self._parent)
+    skipped = int(np.sum(batch.pop("_skipped")))
+    self.samples += len(batch["pose_dropped"])
+    self.skipped += skipped
+    self.steps += 1
+    reads = self.samples + self.skipped
+    if reads >= self._min_reads and self.skipped > self._max_frac * reads:
+      raise RuntimeError(
+        f"data pipeline: {self.skipped} of {reads} records read were corrupt or unusable "
+        f"({self.skipped / reads:.1%}), above config.data.max_skipped_fraction = "
+        f"{self._max_frac}; rebuild or clean the dataset (or raise the ceiling)"
+      )
+    return {k: batch[k] for k in FIELDS}
+
+  def metrics(self) -> dict:
+    reads = self.samples + self.skipped
+    return {
+      "data/samples": self.samples,
+      "data/skipped_records": self.skipped,
+      "data/skipped_fraction": self.skipped / reads if reads else 0.0,
+    }
+
+  def get_state(self) -> dict:
+    return {
+      "version": _STATE_VERSION,
+      "layout": list(self._layout),
+      "grain": self._parent.get_state(),
+      "samples": self.samples,
+      "skipped": self.skipped,
+      "steps": self.steps,
+    }
+
+  def set_state(self, state: dict) -> None:
+    if state.get("version") != _STATE_VERSION:
+      raise ValueError(f"data iterator state version {state.get('version')!r} is not supported")
+    if list(state["layout"]) != self._layout:
+      raise ValueError(
+        "data iterator state was saved with [worker_count, process_index, process_count, "
+        f"global_batch, seed] = {state['layout']}, this iterator has {self._layout}; restore with "
+        "the same data config and process layout"
+      )
+    self._parent.set_state(state["grain"])
+    self.samples, self.skipped, self.steps = state["samples"], state["skipped"], state["steps"]
+
+
+def _mark_flags_parsed() -> None:
+  # grain 0.2.18 reads an absl flag in its workers; plain scripts have not parsed flags
+  # (google/grain#1355, jax_stack.md §9).
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def train_iterator(data_config, *, process_index: int = 0, process_count: int = 1):
+  """The training iterator of this process.
+
+  Args:
+    data_config: `config.data` (see `data_pipeline.config.get_data_config`); `source` is a dataset
+      folder written by `o2a data build`, `pose_pool` an optional separate folder holding pose-pool
+      records (default: the pool records of `source`, if any).
+    process_index, process_count: this JAX process and the number of processes (pass
+      `jax.process_index(), jax.process_count()`); each yields global_batch // process_count rows.
+
+  Returns:
+    A `TrainIterator` yielding dicts of float32 numpy arrays (`pose_dropped` bool) per
+    `data_pipeline.batch`, with `get_state()` / `set_state()` and `metrics()`.
+  """
+  cfg = data_config
+  if not cfg.source:
+    raise ValueError("config.data.source is empty; point it at a folder built by `o2a data build`")
+  if not pathlib.Path(cfg.source).is_dir():
+    raise FileNotFoundError(f"config.data.source {cfg.source!r} is not a folder")
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"bad process_index/process_count {process_index}/{process_count}")
+  if cfg.global_batch % process_count:
+    raise ValueError(
+      f"config.data.global_batch = {cfg.global_batch} is not divisible by the {process_count} "
+      "processes"
+    )
+  loader = SampleLoader(cfg, cfg.source, cfg.pose_pool, process_index, process_count)
+  local = loader.local_batch
+  # An effectively endless stream of process-local samples (epochs continue in the plan).
+  # Workers build single samples (finer-grained parallelism than whole batches, and at most
+  # `per_worker_buffer_size` samples in flight per worker); the main process stacks them.
+  ds = grain.MapDataset.range(0, local * (1 << 40)).map(loader)
+  it_ds = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=int(cfg.read_threads), prefetch_buffer_size=int(cfg.read_buffer))
+  )
+  if cfg.worker_count > 0:
+    _mark_flags_parsed()
+    it_ds = it_ds.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=int(cfg.worker_count), per_worker_buffer_size=1)
+    )
+  it_ds = it_ds.batch(local, drop_remainder=True)
+  return TrainIterator(
+    iter(it_ds), cfg=cfg, process_index=process_index, process_count=process_count
+  )
+
+
+def checkpoint_save_args(iterator: TrainIterator):
+  """Orbax `args` item that saves the iterator state (`grain.checkpoint.CheckpointSave`)."""
+  return grain.checkpoint.CheckpointSave(iterator)
+
+
+def checkpoint_restore_args(iterator: TrainIterator):
+  """Orbax `args` item that restores the iterator state in place."""
+  return grain.checkpoint.CheckpointRestore(iterator)
