@@ -38,6 +38,9 @@ class DenoiserConfig:
     attn_impl: `kernels.attention` implementation.
     scan_layers: run stacked blocks with `lax.scan` (one trace per block type).
     remat: rematerialisation policy for the scanned blocks, one of REMAT_POLICIES.
+    prefix_frame: the reference prefix latent frame (`image_to_cond`, spec §2.2).
+    pose_branch: the pose encoder and pose blocks (spec §2.6); False needs pose_layers = 0.
+      Both False is the stage-1 model (official `WanTransformer3DModel_Refextractor_2D`, §7.1).
   """
 
   num_heads: int
@@ -66,6 +69,8 @@ class DenoiserConfig:
   attn_impl: str = "xla"
   scan_layers: bool = True
   remat: str = "none"
+  prefix_frame: bool = True
+  pose_branch: bool = True
 
   def __post_init__(self):
     def need(cond, msg):
@@ -79,6 +84,10 @@ class DenoiserConfig:
     need(
       0 <= self.pose_layers <= self.num_layers - 1,
       f"pose_layers {self.pose_layers} must be in [0, num_layers - 1 = {self.num_layers - 1}]",
+    )
+    need(
+      self.pose_branch or self.pose_layers == 0,
+      f"pose_layers {self.pose_layers} needs the pose branch (pose_branch=True)",
     )
     need(len(self.patch_size) == 3, "patch_size must be (t, h, w)")
     need(self.patch_size[0] == 1, "only temporal patch size 1 is supported (as released)")
@@ -120,6 +129,10 @@ class DenoiserConfig:
 
   def replace(self, **kw) -> DenoiserConfig:
     return dataclasses.replace(self, **kw)
+
+  def stage1(self) -> DenoiserConfig:
+    """The stage-1 variant of this model: no prefix frame, no pose branch (spec §7.1)."""
+    return self.replace(prefix_frame=False, pose_branch=False, pose_layers=0)
 
 
 PRESETS: dict[str, dict] = {

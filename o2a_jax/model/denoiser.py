@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from o2a_jax import sharding
@@ -50,15 +51,19 @@ class Denoiser(nnx.Module):
     self.patch_embedding = PatchEmbed(cfg.in_channels, d, p, **kw)
     self.time_embedder = TimeEmbedding(cfg.freq_dim, d, **kw)
     self.text_embedder = TextProjection(cfg.text_dim, d, **kw)
-    self.image_to_cond = PrefixEncoder(
-      cfg.ref_in_channels,
-      cfg.cond_channels,
-      cfg.cond_blocks,
-      cfg.cond_groups,
-      cfg.in_channels,
-      **kw,
-    )
-    self.pose_encoder = PoseEncoder(d, cfg.hint_channels, cfg.hint_groups, cfg.hint_time_down, **kw)
+    if cfg.prefix_frame:
+      self.image_to_cond = PrefixEncoder(
+        cfg.ref_in_channels,
+        cfg.cond_channels,
+        cfg.cond_blocks,
+        cfg.cond_groups,
+        cfg.in_channels,
+        **kw,
+      )
+    if cfg.pose_branch:
+      self.pose_encoder = PoseEncoder(
+        d, cfg.hint_channels, cfg.hint_groups, cfg.hint_time_down, **kw
+      )
     self.refextractor = ReferenceExtractor(cfg, rngs=rngs)
     block = dict(eps=cfg.eps, dtype=dt, param_dtype=pdt, attn_impl=cfg.attn_impl)
     self.blocks = stack.create(
@@ -103,6 +108,12 @@ class Denoiser(nnx.Module):
       fail("text_embeds", text_embeds, f"({b}, S, {cfg.text_dim})")
     if ref_latents.shape != (b, 1, h, w, cfg.ref_in_channels):
       fail("ref_latents", ref_latents, f"({b}, 1, {h}, {w}, {cfg.ref_in_channels})")
+    if not cfg.pose_branch:
+      if pose_video is not None or ref_pose is not None:
+        raise ValueError(
+          "this model has no pose branch (stage-1 variant); pass pose_video=None, ref_pose=None"
+        )
+      return
     scale = cfg.spatial_down // p  # pixels per latent pixel implied by the pose encoder
     hp, wp = h * scale, w * scale
     frames = pose_video.shape[1] if pose_video.ndim == 5 else -1
@@ -119,11 +130,11 @@ class Denoiser(nnx.Module):
     timestep: jax.Array,
     text_embeds: jax.Array,
     ref_latents: jax.Array,
-    pose_video: jax.Array,
-    ref_pose: jax.Array,
+    pose_video: jax.Array | None,
+    ref_pose: jax.Array | None,
     *,
     pose_scale: float | jax.Array = 1.0,
-    token_replace: bool = False,
+    token_replace: bool | jax.Array = False,
     return_activations: bool = False,
   ):
     """Predicts the flow-matching velocity (B, T, h, w, C_out).
@@ -133,10 +144,13 @@ class Denoiser(nnx.Module):
       timestep: (B,) floats in [0, 1000].
       text_embeds: (B, S, text_dim) text-encoder embeddings.
       ref_latents: (B, 1, h, w, 32) = [reference latent | mask latent], normalised.
-      pose_video: (B, F, 8h, 8w, 3) rendered driving poses in [-1, 1], F = 4T - 3.
-      ref_pose: (B, 1, 8h, 8w, 3) the rendered reference pose in [-1, 1].
+      pose_video: (B, F, 8h, 8w, 3) rendered driving poses in [-1, 1], F = 4T - 3; None
+        for a model without pose branch (stage 1).
+      ref_pose: (B, 1, 8h, 8w, 3) the rendered reference pose in [-1, 1]; None likewise.
       pose_scale: the official `conditioning_scale`: a scalar or one value per sample (B,).
-      token_replace: give the 2 latent frames after the prefix the t = 0 modulation.
+      token_replace: give the 2 latent frames after the prefix the t = 0 modulation: a Python
+        bool for the whole batch, or a (B,) bool array choosing per sample (training draws it
+        per sample; a sample without it gets its own t in place of t = 0, i.e. no change).
       return_activations: also return a dict of intermediate activations (for parity tests).
     """
     cfg = self.cfg
@@ -144,13 +158,17 @@ class Denoiser(nnx.Module):
     self._check_inputs(latents, timestep, text_embeds, ref_latents, pose_video, ref_pose)
     b, t, h, w, _ = latents.shape
     p = cfg.patch_size[1]
-    grid = (t + 1, h // p, w // p)
+    n_prefix = int(cfg.prefix_frame)
+    grid = (t + n_prefix, h // p, w // p)
     n_frame = grid[1] * grid[2]
     acts = {}
 
     # Reference prefix frame, patch embedding, RoPE tables.
-    prefix = self.image_to_cond(ref_latents)  # B 1 h w C
-    x = jnp.concatenate([prefix.astype(dt), latents.astype(dt)], axis=1)
+    x = latents.astype(dt)
+    if cfg.prefix_frame:
+      prefix = self.image_to_cond(ref_latents)  # B 1 h w C
+      x = jnp.concatenate([prefix.astype(dt), x], axis=1)
+      acts["image_to_cond"] = prefix
     tok = self.patch_embedding(x)  # B T+1 H W D
     hs = sharding.constrain(tok.reshape(b, -1, cfg.dim), ACT)
     rope = rope_tables(grid, cfg.head_dim, theta=cfg.rope_theta, max_len=cfg.rope_max_seq_len)
@@ -169,31 +187,32 @@ class Denoiser(nnx.Module):
     timestep = timestep.astype(jnp.float32)
     temb, tproj = self.time_embedder(timestep)
     tr_tproj = tr_temb = tr_mask = None
-    if token_replace:
+    per_sample = not isinstance(token_replace, (bool, np.bool_))
+    if per_sample or token_replace:
       if t < TOKEN_REPLACE_FRAMES:
         raise ValueError(
           f"TokenReplace needs at least {TOKEN_REPLACE_FRAMES} latent frames, got {t}"
         )
-      tr_temb, tr_tproj = self.time_embedder(jnp.zeros_like(timestep))
+      if per_sample:
+        token_replace = jnp.asarray(token_replace)
+        if token_replace.shape != (b,):
+          raise ValueError(f"token_replace has shape {token_replace.shape}; expected ({b},)")
+        tr_t = jnp.where(token_replace, 0.0, timestep)
+      else:
+        tr_t = jnp.zeros_like(timestep)
+      tr_temb, tr_tproj = self.time_embedder(tr_t)
       idx = jnp.arange(grid[0] * n_frame)
-      tr_mask = (idx >= n_frame) & (idx < (1 + TOKEN_REPLACE_FRAMES) * n_frame)
+      tr_mask = (idx >= n_prefix * n_frame) & (idx < (n_prefix + TOKEN_REPLACE_FRAMES) * n_frame)
     text = self.text_embedder(text_embeds.astype(dt))
 
     # Reference features and pose tokens.
     ref_feats = self.refextractor(ref_latents, timestep, k_ref_rope)  # (M+1) B S D
-    pose_ref = self.pose_encoder(ref_pose)  # B 1 H W D
-    pose_drv = self.pose_encoder(pose_video)  # B T H W D
-    pose_tok = jnp.concatenate([pose_ref, pose_drv], axis=1).reshape(b, -1, cfg.dim)
-    if return_activations:
-      acts.update(
-        {
-          "image_to_cond": prefix,
-          "patch_embedding": tok,
-          "pose_ref": pose_ref,
-          "pose_video": pose_drv,
-          "refextractor": ref_feats,
-        }
-      )
+    acts.update({"patch_embedding": tok, "refextractor": ref_feats})
+    if cfg.pose_branch:
+      pose_ref = self.pose_encoder(ref_pose)  # B 1 H W D
+      pose_drv = self.pose_encoder(pose_video)  # B T H W D
+      pose_tok = jnp.concatenate([pose_ref, pose_drv], axis=1).reshape(b, -1, cfg.dim)
+      acts.update({"pose_ref": pose_ref, "pose_video": pose_drv})
 
     scale = jnp.asarray(pose_scale, dt)
     if scale.ndim == 1:
@@ -252,13 +271,13 @@ class Denoiser(nnx.Module):
     table = self.scale_shift_table[...]
     head = (table + temb[:, None].astype(table.dtype)).astype(jnp.float32)  # B 2 D
     shift, scale_ = head[:, :1], head[:, 1:]
-    if token_replace:
+    if tr_temb is not None:
       tr_head = (table + tr_temb[:, None].astype(table.dtype)).astype(jnp.float32)
       m = tr_mask[None, :, None]
       shift = jnp.where(m, tr_head[:, :1], shift)
       scale_ = jnp.where(m, tr_head[:, 1:], scale_)
     y = self.proj_out((layer_norm_f32(hs, cfg.eps) * (1 + scale_) + shift).astype(dt))
-    out = unpatchify(y, grid, p, cfg.out_channels)[:, 1:]
+    out = unpatchify(y, grid, p, cfg.out_channels)[:, n_prefix:]
     return (out, acts) if return_activations else out
 
 
