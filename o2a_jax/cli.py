@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
   "o2a_jax.demo",
   "o2a_jax.convert.cli",
   "o2a_jax.text.cli",
+  "data_pipeline.cli",
 )
 
 
