@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
   "o2a_jax.convert.cli",
   "o2a_jax.text.cli",
   "data_pipeline.cli",
+  "o2a_jax.train.cli",
 )
 
 
