@@ -67,6 +67,34 @@ def test_trailing_frames_ignored_like_reference(vae, io, outputs):
   np.testing.assert_allclose(vae.encode(extra), outputs["latent_mode"], rtol=0, atol=1e-6)
 
 
+def test_one_compilation_serves_every_frame_count(vae, io, outputs):
+  """Frame counts in one chunk bucket share one compiled encode and one decode program."""
+  from o2a_jax.vae.model import _decode_jit, _encode_jit
+
+  video, z = cl(io["video"]), cl(io["z"])  # 9 frames, 3 latent frames
+  enc0, dec0 = _encode_jit._cache_size(), _decode_jit._cache_size()
+  enc5 = vae.encode(video[:, :5])  # 2 latent frames
+  enc9 = vae.encode(video)
+  dec2 = vae.decode(z[:, :2])
+  dec3 = vae.decode(z)
+  # The fixture cases above already compiled the bucket, so nothing new is compiled here.
+  assert _encode_jit._cache_size() - enc0 == 0 and _decode_jit._cache_size() - dec0 == 0
+  np.testing.assert_array_equal(enc9, outputs["latent_mode"])
+  np.testing.assert_array_equal(dec3, outputs["decoded"])
+  assert enc5.shape == (1, 2, 6, 8, 16) and dec2.shape == (1, 5, 48, 64, 3)
+  # Causality: the first 2 latent frames of the 9-frame clip equal the 5-frame clip's.
+  np.testing.assert_allclose(enc5, enc9[:, :2], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(dec2, dec3[:, :5], rtol=0, atol=1e-5)
+
+
+def test_exact_length_path_matches(vae, io, outputs):
+  """Under a transformation (training) the exact-length, differentiable scan runs: same values."""
+  import jax
+
+  enc = jax.jit(lambda v: vae.encode(v))(jnp.asarray(cl(io["video"])))
+  np.testing.assert_allclose(enc, outputs["latent_mode"], rtol=0, atol=1e-5)
+
+
 def test_tiled_equals_untiled(vae):
   rng = np.random.default_rng(0)
   video = np.clip(0.5 * rng.standard_normal((1, 5, 160, 192, 3)), -1, 1).astype(np.float32)

@@ -99,6 +99,11 @@ class VAEConfig:
   encode_overlap: int = 24
   decode_tile: int = 96
   decode_overlap: int = 24
+  # Encode/decode pad the chunks after the first frame up to a multiple of this and run only the
+  # valid ones in a while loop, so one compiled program serves every frame count in a bucket
+  # (1-20 chunks = 5-81 frames with the default); images (no chunks) compile separately.
+  # 0 compiles each length exactly.
+  chunk_bucket: int = 20
 
   def __post_init__(self):
     if len(self.temperal_downsample) != len(self.dim_mult) - 1:
@@ -221,26 +226,45 @@ class Decoder(nnx.Module):
     return x, tuple(new)
 
 
-def _causal_scan(step_first, step, x, chunk: int):
+def _causal_scan(step_first, step, x, chunk: int, n_valid=None):
   """Runs `step_first` on frame 0 and `step` on each following `chunk` frames, the cache as carry.
 
   x (B,T,...) with T = 1 + n*chunk; each step returns (y (B,t,...), cache); outputs are concatenated
-  in time.
+  in time. With `n_valid` (a traced int) only the first `n_valid` chunks are run, in a while loop
+  over a padded buffer, so one compiled program serves every frame count up to the padded one;
+  output frames past the valid ones are zero. Without it, a `lax.scan` over all chunks (reverse-mode
+  differentiable, for training).
   """
   y0, cache = step_first(x[:, :1])
   n = (x.shape[1] - 1) // chunk
   if n == 0:
     return y0
-  rest = x[:, 1:].reshape(x.shape[0], n, chunk, *x.shape[2:]).swapaxes(0, 1)
+  if n_valid is None:
+    rest = x[:, 1:].reshape(x.shape[0], n, chunk, *x.shape[2:]).swapaxes(0, 1)
 
-  def body(cache, xc):
+    def body(cache, xc):
+      y, cache = step(xc, cache)
+      return cache, y
+
+    _, ys = jax.lax.scan(body, cache, rest)  # (n,B,t,...)
+    ys = ys.swapaxes(0, 1)
+    ys = ys.reshape(ys.shape[0], -1, *ys.shape[3:])
+    return jnp.concatenate([y0, ys], axis=1)
+
+  y_spec = jax.eval_shape(lambda xc, c: step(xc, c)[0], x[:, 1 : 1 + chunk], cache)
+  t0, t = y0.shape[1], y_spec.shape[1]
+  out = jnp.zeros((y0.shape[0], t0 + n * t, *y_spec.shape[2:]), y_spec.dtype)
+  out = jax.lax.dynamic_update_slice_in_dim(out, y0.astype(out.dtype), 0, axis=1)
+
+  def loop(i, carry):
+    out, cache = carry
+    xc = jax.lax.dynamic_slice_in_dim(x, 1 + i * chunk, chunk, axis=1)
     y, cache = step(xc, cache)
-    return cache, y
+    out = jax.lax.dynamic_update_slice_in_dim(out, y.astype(out.dtype), t0 + i * t, axis=1)
+    return out, cache
 
-  _, ys = jax.lax.scan(body, cache, rest)  # (n,B,t,...)
-  ys = ys.swapaxes(0, 1)
-  ys = ys.reshape(ys.shape[0], -1, *ys.shape[3:])
-  return jnp.concatenate([y0, ys], axis=1)
+  out, _ = jax.lax.fori_loop(0, n_valid, loop, (out, cache))
+  return out
 
 
 def _tiled(fn, x, plans: tuple[AxisPlan, AxisPlan], in_scale: int, out_scale: int, out_tail):
@@ -317,12 +341,18 @@ class WanVAE(nnx.Module):
         "(resize or crop the frames first)"
       )
     chunk = cfg.temporal_factor
-    video = video[:, : 1 + (f - 1) // chunk * chunk]
+    n = (f - 1) // chunk
+    video = video[:, : 1 + n * chunk]
     plans = self._plans(
       h // s, w // s, tile or cfg.encode_tile, cfg.encode_overlap if overlap is None else overlap
     )
     graphdef, state = nnx.split(self)
-    return _encode_jit(graphdef, state, video, plans)
+    if isinstance(video, jax.core.Tracer) or cfg.chunk_bucket <= 0:
+      return _encode_jit(graphdef, state, video, plans)  # exact length (differentiable)
+    cap = bucket_chunks(n, cfg.chunk_bucket)
+    video = _pad_time(video, 1 + cap * chunk)
+    out = _encode_jit(graphdef, state, video, plans, jnp.int32(n))
+    return out[:, : 1 + n]
 
   def decode(self, latents: jax.Array, *, tile: int | None = None, overlap: int | None = None):
     """(B,T,h,w,z) posterior-mean latents (not normalised) -> (B,1+4(T-1),8h,8w,3) in [-1,1]."""
@@ -339,7 +369,12 @@ class WanVAE(nnx.Module):
       cfg.decode_overlap if overlap is None else overlap,
     )
     graphdef, state = nnx.split(self)
-    return _decode_jit(graphdef, state, latents, plans)
+    if isinstance(latents, jax.core.Tracer) or cfg.chunk_bucket <= 0:
+      return _decode_jit(graphdef, state, latents, plans)  # exact length (differentiable)
+    n = latents.shape[1] - 1
+    cap = bucket_chunks(n, cfg.chunk_bucket)
+    out = _decode_jit(graphdef, state, _pad_time(latents, 1 + cap), plans, jnp.int32(n))
+    return out[:, : 1 + n * cfg.temporal_factor]
 
   # --- implementation ---------------------------------------------------------------------------
 
@@ -347,7 +382,7 @@ class WanVAE(nnx.Module):
   def _plans(h, w, tile, overlap):
     return plan_axis(h, tile, overlap), plan_axis(w, tile, overlap)
 
-  def _encode(self, video, plans):
+  def _encode(self, video, plans, n_valid=None):
     cfg = self.cfg
     x = video.astype(self.dtype)
     enc = self.encoder
@@ -358,19 +393,20 @@ class WanVAE(nnx.Module):
         lambda xc, c: enc.stage_a(xc, c, False),
         tile,
         cfg.temporal_factor,
+        n_valid,
       )
 
     t = 1 + (x.shape[1] - 1) // cfg.temporal_factor
     feats = _tiled(stage_a, x, plans, cfg.spatial_factor, 1, (t, enc.out_dim)).astype(self.dtype)
-    out = _causal_scan(lambda x0: enc.stage_b(x0, None), enc.stage_b, feats, 1)
+    out = _causal_scan(lambda x0: enc.stage_b(x0, None), enc.stage_b, feats, 1, n_valid)
     out, _ = self.quant_conv(out, None)
     return out[..., : cfg.z_dim].astype(jnp.float32)
 
-  def _decode(self, latents, plans):
+  def _decode(self, latents, plans, n_valid=None):
     cfg = self.cfg
     dec = self.decoder
     x, _ = self.post_quant_conv(latents.astype(self.dtype), None)
-    feats = _causal_scan(lambda x0: dec.stage_a(x0, None), dec.stage_a, x, 1)
+    feats = _causal_scan(lambda x0: dec.stage_a(x0, None), dec.stage_a, x, 1, n_valid)
 
     def stage_b(tile):
       return _causal_scan(
@@ -378,6 +414,7 @@ class WanVAE(nnx.Module):
         lambda xc, c: dec.stage_b(xc, c, False),
         tile,
         1,
+        n_valid,
       )
 
     f = 1 + (latents.shape[1] - 1) * cfg.temporal_factor
@@ -386,13 +423,24 @@ class WanVAE(nnx.Module):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _encode_jit(graphdef, state, video, plans):
-  return nnx.merge(graphdef, state)._encode(video, plans)
+def _encode_jit(graphdef, state, video, plans, n_valid=None):
+  return nnx.merge(graphdef, state)._encode(video, plans, n_valid)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _decode_jit(graphdef, state, latents, plans):
-  return nnx.merge(graphdef, state)._decode(latents, plans)
+def _decode_jit(graphdef, state, latents, plans, n_valid=None):
+  return nnx.merge(graphdef, state)._decode(latents, plans, n_valid)
+
+
+def bucket_chunks(n: int, bucket: int) -> int:
+  """Chunks after the first frame, padded up to a multiple of `bucket` (0 stays 0: images)."""
+  return 0 if n == 0 or bucket <= 0 else -(-n // bucket) * bucket
+
+
+def _pad_time(x: jax.Array, length: int) -> jax.Array:
+  if x.shape[1] == length:
+    return x
+  return jnp.pad(x, ((0, 0), (0, length - x.shape[1])) + ((0, 0),) * (x.ndim - 2))
 
 
 def randomize(model: WanVAE, seed: int = 0, gain: float = 1.0) -> WanVAE:
