@@ -131,7 +131,7 @@ def write_dataset(
   for c in range(clips + corrupt):
     h, w = (height, width) if c % 2 == 0 else (width, height)
     bg = _background(rng, h, w)
-    fig_h = 0.75 * h
+    fig_h = 0.5 * h
     cx0, cy = rng.uniform(0.35, 0.65) * w, 0.55 * h
     enc, poses, ocr = [], [], []
     for t in range(frames):
@@ -148,7 +148,7 @@ def write_dataset(
   for p in range(pairs):
     h, w = height, width
     bg = _background(rng, h, w)
-    figs = [figure_pixels(rng.uniform(0.4, 0.6) * w, 0.55 * h, 0.75 * h, phase=k) for k in (0, 2)]
+    figs = [figure_pixels(rng.uniform(0.4, 0.6) * w, 0.55 * h, 0.5 * h, phase=k) for k in (0, 2)]
     same = p == 0
     imgs = [encode_image(draw_frame(bg, b, f, h, w)) for b, f, _ in figs]
     writer.add({
@@ -160,7 +160,7 @@ def write_dataset(
     })  # fmt: skip
   for q in range(pool):
     h, w = (int(height * 1.5), width) if q % 2 else (height, int(width * 1.5))
-    fig = figure_pixels(w / 2, 0.55 * h, rng.uniform(0.6, 0.85) * h, phase=rng.uniform(0, 6))
+    fig = figure_pixels(w / 2, 0.55 * h, rng.uniform(0.45, 0.55) * h, phase=rng.uniform(0, 6))
     # Perturb the head proportions so that the pool differs from the clips' figures.
     body, face, hands = fig
     face = face[30] + (face - face[30]) * rng.uniform(0.7, 1.4, 2)

@@ -1,0 +1,132 @@
+"""`o2a data ...`: build training datasets (ArrayRecord) and write a synthetic one.
+
+o2a data build official CSV OUT [--root DIR] [--pose-pool CSV]
+o2a data build videos DIR OUT [--estimate --det-model ONNX --pose-model ONNX]
+o2a data synthetic OUT [--clips N --pairs N --pool N]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+  p.add_argument(
+    "--image-format",
+    choices=("jpeg", "png"),
+    default="jpeg",
+    help="frame encoding in the records (JPEG quality 95 or lossless PNG)",
+  )
+  p.add_argument(
+    "--max-frames", type=int, default=0, help="read at most this many frames per video (0 = all)"
+  )
+  p.add_argument(
+    "--max-short-side",
+    type=int,
+    default=0,
+    help="downscale frames whose short side exceeds this (0 = keep)",
+  )
+  p.add_argument("--records-per-shard", type=int, default=64)
+  p.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
+  p.add_argument("--quiet", action="store_true", help="no progress bars or skip reports")
+
+
+def _official(args) -> int:
+  from data_pipeline.build import build_official
+
+  build_official(
+    args.csv,
+    args.out,
+    root=args.root,
+    pose_pool_csv=args.pose_pool,
+    image_format=args.image_format,
+    max_frames=args.max_frames,
+    max_short_side=args.max_short_side,
+    records_per_shard=args.records_per_shard,
+    overwrite=args.overwrite,
+    quiet=args.quiet,
+  )
+  return 0
+
+
+def _videos(args) -> int:
+  from data_pipeline.build import build_videos
+
+  build_videos(
+    args.folder,
+    args.out,
+    estimate=args.estimate,
+    det_model=args.det_model,
+    pose_model=args.pose_model,
+    image_format=args.image_format,
+    max_frames=args.max_frames,
+    max_short_side=args.max_short_side,
+    records_per_shard=args.records_per_shard,
+    overwrite=args.overwrite,
+    quiet=args.quiet,
+  )
+  return 0
+
+
+def _synthetic(args) -> int:
+  from data_pipeline import synthetic
+
+  info = synthetic.write_dataset(
+    args.out,
+    clips=args.clips,
+    pairs=args.pairs,
+    pool=args.pool,
+    height=args.height,
+    width=args.width,
+    frames=args.frames,
+    seed=args.seed,
+    overwrite=args.overwrite,
+  )
+  print(f"wrote {info['counts']} to {args.out}")
+  return 0
+
+
+def add_parser(subparsers) -> None:
+  data = subparsers.add_parser("data", help="build training datasets (ArrayRecord)")
+  sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+  build = sub.add_parser("build", help="build a training dataset folder")
+  kinds = build.add_subparsers(dest="build_source", metavar="SOURCE", required=True)
+
+  p = kinds.add_parser(
+    "official", help="from the official combined CSV + .npy pose files (spec §7.2)"
+  )
+  p.add_argument("csv", help="combined_imgvid_dataset.csv (video and image-group rows)")
+  p.add_argument("out", help="output dataset folder")
+  p.add_argument("--root", default=None, help="base of relative paths (default: the CSV's folder)")
+  p.add_argument(
+    "--pose-pool",
+    default=None,
+    help="pose-pool CSV (pose_path,height,width; reads the _raw.npy files)",
+  )
+  _common(p)
+  p.set_defaults(func=_official)
+
+  p = kinds.add_parser("videos", help="from a folder of videos with <stem>_pose.npy/.json files")
+  p.add_argument("folder", help="folder of videos (mp4, mov, ...) or frame folders")
+  p.add_argument("out", help="output dataset folder")
+  p.add_argument(
+    "--estimate",
+    action="store_true",
+    help="estimate missing poses with local ONNX models (o2a_jax.pose.estimate)",
+  )
+  p.add_argument("--det-model", default=None, help="person detector ONNX file")
+  p.add_argument("--pose-model", default=None, help="whole-body pose ONNX file")
+  _common(p)
+  p.set_defaults(func=_videos)
+
+  p = sub.add_parser("synthetic", help="write a tiny random dataset (tests, smoke runs)")
+  p.add_argument("out", help="output dataset folder")
+  p.add_argument("--clips", type=int, default=4)
+  p.add_argument("--pairs", type=int, default=3)
+  p.add_argument("--pool", type=int, default=4)
+  p.add_argument("--height", type=int, default=96)
+  p.add_argument("--width", type=int, default=128)
+  p.add_argument("--frames", type=int, default=40)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(func=_synthetic)
