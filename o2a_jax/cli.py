@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
   "o2a_jax.text.cli",
   "data_pipeline.cli",
   "o2a_jax.train.cli",
+  "o2a_jax.inference.cli",
 )
 
 
