@@ -1,0 +1,86 @@
+"""Videos of any length from prepared inputs: chunk plan, TokenReplace, stitching (spec §5.3-5.4).
+
+Dims: N frames, H/W height/width, T latent frames, h/w latent height/width.
+
+Each chunk is one `o2a_jax.pipeline.generate_chunk` call (one jitted denoising loop); a chunk that
+starts after frame 0 gets the 5 frames already generated at its start as TokenReplace context
+(re-encoded through the VAE inside `generate_chunk`). As officially, every chunk starts from the
+same seeded noise (spec §5.1). Chunks of equal length share one compiled program.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from o2a_jax.inference.chunks import OVERLAP_FRAMES, Chunk, check_plan, place, plan_chunks
+from o2a_jax.inference.prepare import Prepared, to_model_range
+from o2a_jax.pipeline import generate_chunk
+from o2a_jax.video_io import to_uint8
+
+
+def chunk_noise(seed: int, frames: int, height: int, width: int) -> np.ndarray:
+  """The initial latents (T, h, w, 16) float32 of a chunk of `frames` frames."""
+  t = (frames - 1) // 4 + 1
+  return np.asarray(jax.random.normal(jax.random.key(seed), (t, height // 8, width // 8, 16)))
+
+
+def chunk_poses(poses: np.ndarray, chunk: Chunk) -> np.ndarray:
+  """Pose frames [start, end) of a chunk; past the last frame the last pose repeats."""
+  idx = np.minimum(np.arange(chunk.start, chunk.end), len(poses) - 1)
+  return poses[idx]
+
+
+def generate_video(
+  model,
+  vae,
+  inputs: Prepared,
+  text_embeds: np.ndarray,
+  negative_text_embeds: np.ndarray,
+  *,
+  steps: int = 30,
+  shift: float = 7.0,
+  image_guidance: float = 2.5,
+  pose_guidance: float = 1.5,
+  pose_scale: float = 1.0,
+  seed: int = 42,
+  reproduce_official: bool = False,
+  progress: bool = True,
+) -> np.ndarray:
+  """Animates the prepared reference along all its driving poses; uint8 (N, H, W, 3).
+
+  `reproduce_official` uses the official chunk plan and stitching (needs N >= 81, see
+  `o2a_jax.inference.chunks`).
+  """
+  poses = np.asarray(inputs.poses)
+  n, hh, ww = poses.shape[:3]
+  chunks = plan_chunks(n, reproduce_official=reproduce_official)
+  check_plan(chunks, n)
+  ref_pose = to_model_range(inputs.ref_pose)[None]
+  video = np.zeros((n, hh, ww, 3), np.uint8)
+  total_steps = steps * len(chunks)
+  with tqdm(total=total_steps, desc="denoising", unit="step", disable=not progress) as bar:
+    for i, c in enumerate(chunks):
+      bar.set_description(f"denoising chunk {i + 1}/{len(chunks)} ({c.frames} frames)")
+      prev = video[c.start : c.start + OVERLAP_FRAMES].copy() if c.context else None
+      out = generate_chunk(
+        model,
+        vae,
+        inputs.image,
+        inputs.mask,
+        to_model_range(chunk_poses(poses, c)),
+        ref_pose,
+        text_embeds,
+        negative_text_embeds,
+        chunk_noise(seed, c.frames, hh, ww),
+        steps=steps,
+        shift=shift,
+        image_guidance=image_guidance,
+        pose_guidance=pose_guidance,
+        pose_scale=pose_scale,
+        prev_frames=prev,
+        on_step=lambda _: bar.update(1),
+      )
+      place(video, c, to_uint8(out))
+  return video

@@ -1,0 +1,174 @@
+"""Loading what inference needs: the denoiser, the VAE, text embeddings, pose files.
+
+- Denoiser: a native checkpoint folder (`params/` + `config/`, `load_native`) or an official
+  safetensors folder or file (`load_official`). Under `jax.set_mesh` both place the parameters
+  on the mesh.
+- Text embeddings: from the JAX text encoder (`--text-encoder DIR --tokenizer DIR`, optionally
+  cached with `--text-cache DIR`), else from files (`--text-embeds FILE`, `--negative-text-embeds
+  FILE`): an `o2a text embed` cache file (`.safetensors` holding `embeds`) or an `.npz` holding
+  `text_embeds` (or `embeds`) and optionally `negative_text_embeds`. With none of these, sampling
+  refuses to run unless `--empty-text-embeds zeros` asks for all-zero embeddings (puppet models
+  and tests: real models were never trained on zeros).
+- Pose files: the JSON format of `o2a_jax.pose.formats` (kind coco_wholebody or dwpose) and the
+  official per-video `.npy` pose-dict files.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+from o2a_jax.inference.prepare import Poses
+
+ZEROS_TEXT_LENGTH = 512  # the inference prompt length
+
+
+def is_native_checkpoint(path) -> bool:
+  path = pathlib.Path(path)
+  return (path / "params").is_dir() and (path / "config").exists()
+
+
+def load_denoiser(path, *, dtype: str = "bfloat16", attn_impl: str | None = None, progress=None):
+  """A native checkpoint folder or an official safetensors folder/file -> Denoiser."""
+  import jax.numpy as jnp
+
+  from o2a_jax.checkpoint import load_native
+  from o2a_jax.convert import load_official
+
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+  overrides = {} if attn_impl is None else {"attn_impl": attn_impl}
+  if is_native_checkpoint(path):
+    return load_native(path, dtype=dtype, param_dtype=dtype, **overrides)
+  return load_official(path, dtype=jnp.dtype(dtype), progress=progress, **overrides)
+
+
+def _read_embeds_file(path: pathlib.Path, text_dim: int) -> dict[str, np.ndarray]:
+  if not path.is_file():
+    raise FileNotFoundError(f"text embeddings file {str(path)!r} does not exist")
+  out = {}
+  if path.suffix == ".npz":
+    with np.load(path) as z:
+      for key in ("text_embeds", "embeds", "negative_text_embeds"):
+        if key in z:
+          out["negative" if key.startswith("negative") else "text"] = np.asarray(z[key])
+  elif path.suffix == ".safetensors":
+    from o2a_jax.convert import safetensors_io as sio
+
+    with sio.TensorSource(path) as src:
+      if "embeds" in src:
+        out["text"] = np.array(src["embeds"])
+  else:
+    raise ValueError(f"text embeddings {str(path)!r}: use an .npz or an `o2a text` .safetensors")
+  if "text" not in out:
+    raise ValueError(
+      f"text embeddings {str(path)!r} hold no 'text_embeds'/'embeds' array (an .npz with "
+      "text_embeds [and negative_text_embeds], or a cache file written by `o2a text embed`)"
+    )
+  for key, a in out.items():
+    a = a[0] if a.ndim == 3 and a.shape[0] == 1 else a
+    if a.ndim != 2 or a.shape[1] != text_dim:
+      raise ValueError(
+        f"text embeddings {str(path)!r} ({key}) have shape {a.shape}; the model needs "
+        f"(S, {text_dim})"
+      )
+    out[key] = a.astype(np.float32)
+  return out
+
+
+def text_embeddings(args, text_dim: int, *, need_negative: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(text, negative) (S, text_dim) float32 embeddings from the command-line options."""
+  if getattr(args, "text_encoder", None):
+    if not args.tokenizer:
+      raise ValueError("--text-encoder needs --tokenizer (the release's tokenizer/ folder)")
+    import jax.numpy as jnp
+
+    from o2a_jax.convert import load_text_encoder
+    from o2a_jax.text import EmbeddingCache, embed_prompts, load_tokenizer
+
+    encoder = load_text_encoder(args.text_encoder, dtype=jnp.dtype(args.text_dtype))
+    cache = EmbeddingCache(args.text_cache) if args.text_cache else None
+    emb = embed_prompts(
+      encoder, load_tokenizer(args.tokenizer), [args.prompt, args.negative_prompt], cache=cache
+    )
+    emb = np.asarray(emb, np.float32)
+    if emb.shape[-1] != text_dim:
+      raise ValueError(f"text encoder width {emb.shape[-1]} != the model's text_dim {text_dim}")
+    return emb[0], emb[1]
+  if getattr(args, "text_embeds", None):
+    got = _read_embeds_file(pathlib.Path(args.text_embeds), text_dim)
+    if args.negative_text_embeds:
+      got["negative"] = _read_embeds_file(pathlib.Path(args.negative_text_embeds), text_dim)["text"]
+    if "negative" not in got:
+      if need_negative:
+        raise ValueError(
+          "guidance needs negative-prompt embeddings: give --negative-text-embeds FILE (or an "
+          ".npz with negative_text_embeds), or set --image-guidance 1 for unguided sampling"
+        )
+      got["negative"] = np.zeros_like(got["text"])  # unused by one-pass sampling
+    text, neg = got["text"], got["negative"]
+    if neg.shape != text.shape:  # the batched guidance passes need equal lengths
+      length = max(len(text), len(neg))
+      pad = lambda a: np.pad(a, ((0, length - len(a)), (0, 0)))  # padded rows are zero anyway
+      text, neg = pad(text), pad(neg)
+    return text, neg
+  if getattr(args, "empty_text_embeds", None) == "zeros":
+    z = np.zeros((ZEROS_TEXT_LENGTH, text_dim), np.float32)
+    return z, z
+  raise ValueError(
+    "no text conditioning: give --text-encoder DIR --tokenizer DIR, or --text-embeds FILE "
+    "(from `o2a text embed`), or --empty-text-embeds zeros for puppet models and tests"
+  )
+
+
+def read_pose_file(path) -> Poses:
+  """A pose JSON (kind coco_wholebody or dwpose) or an official `.npy` pose file -> Poses."""
+  from o2a_jax import pose as pose_lib
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"pose file {str(path)!r} does not exist")
+  if path.suffix == ".json":
+    try:
+      kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as e:
+      raise ValueError(f"pose file {str(path)!r} is not valid o2a-pose JSON ({e})") from e
+    if kind == "coco_wholebody":
+      kp, w, h = pose_lib.read_keypoints_json(path)
+      return Poses(kp133=kp, width=w, height=h)
+    dicts, w, h = pose_lib.read_poses_json(path)
+    return Poses(dicts=dicts, width=w, height=h)
+  if path.suffix == ".npy":
+    items = pose_lib.read_official_npy(path)
+    if items and "bodies" not in items[0]:
+      raise ValueError(
+        f"{str(path)!r} is a raw DWPose pose pool (`_raw.npy`); use the per-video `_pose.npy` "
+        "file or convert with o2a_jax.pose.from_dwpose_raw"
+      )
+    return Poses(dicts=items)
+  raise ValueError(f"pose file {str(path)!r}: use a .json (o2a-pose) or an official .npy file")
+
+
+POSE_SUFFIXES = (".json", ".npy")
+
+
+def write_pose_npy(path, poses: list[dict]) -> None:
+  """Writes pose dicts as an official per-video `.npy` pose file (object array), atomically."""
+  import os
+  import tempfile
+
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  arr = np.empty(len(poses), dtype=object)
+  arr[:] = list(poses)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, arr, allow_pickle=True)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
