@@ -28,7 +28,8 @@ class IndexMap:
 
   def gather(self, image: np.ndarray) -> np.ndarray:
     """Channels-last (..., h0, w0, C) -> (..., H, W, C) by nearest lookup."""
-    return image[..., self.rows[:, None], self.cols[None, :], :]
+    # Two 1-D takes are several times faster than one broadcast fancy index.
+    return np.take(np.take(image, self.rows, axis=-3), self.cols, axis=-2)
 
   def then(self, other: IndexMap) -> IndexMap:
     """The map applying `self` first (at source resolution), then `other` (self's output)."""

@@ -285,6 +285,14 @@ class TrainIterator(grain.DatasetIterator):
     self.samples, self.skipped, self.steps = state["samples"], state["skipped"], state["steps"]
 
 
+def _worker_init(worker_index: int, worker_count: int) -> None:
+  # One OpenCV thread per worker process: the workers already use every core, and OpenCV's own
+  # thread pool would oversubscribe them.
+  import cv2
+
+  cv2.setNumThreads(1)
+
+
 def _mark_flags_parsed() -> None:
   # grain 0.2.18 reads an absl flag in its workers; plain scripts have not parsed flags
   # (google/grain#1355, jax_stack.md §9).
@@ -332,7 +340,8 @@ def train_iterator(data_config, *, process_index: int = 0, process_count: int = 
   if cfg.worker_count > 0:
     _mark_flags_parsed()
     it_ds = it_ds.mp_prefetch(
-      grain.MultiprocessingOptions(num_workers=int(cfg.worker_count), per_worker_buffer_size=1)
+      grain.MultiprocessingOptions(num_workers=int(cfg.worker_count), per_worker_buffer_size=1),
+      worker_init_fn=_worker_init,
     )
   it_ds = it_ds.batch(local, drop_remainder=True)
   return TrainIterator(

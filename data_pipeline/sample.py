@@ -87,7 +87,11 @@ def _render_all(poses, h0, w0, m: A.IndexMap, **flags) -> np.ndarray:
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-  return x.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+  """uint8 -> float32 in [-1, 1] (x / 127.5 - 1, computed in place)."""
+  y = x.astype(np.float32)
+  y *= np.float32(1 / 127.5)
+  y -= np.float32(1.0)
+  return y
 
 
 def _masks(face_regions, ocr_regions, m: A.IndexMap):
@@ -113,7 +117,8 @@ def _assemble(
   frames = len(driving_poses)
   blank = np.full((height, width, 3), -1.0, np.float32)
 
-  video = _normalise(vmap.gather(target))
+  # Frames are gathered one by one as they are decoded (no full-resolution clip in memory).
+  video = _normalise(np.stack([vmap.gather(f) for f in target]))
   if plan.ref_keep and frames == 1:
     video = _normalise(vmap.gather(ref[None]))  # T = 1: the target is the unmasked reference
   if plan.drop_pose:
@@ -147,6 +152,13 @@ def _assemble(
   return sample, {"ref_noise_sigma": sigma}
 
 
+def _frame(rec: dict, i: int, h0: int, w0: int) -> np.ndarray:
+  f = decode_image(rec["frames"][i])
+  if f.shape[:2] != (h0, w0):
+    raise CorruptRecordError(f"frame {i} of {rec.get('id')} is {f.shape[:2]}, not {h0}x{w0}")
+  return f
+
+
 def video_sample(rec: dict, rng, cfg, height: int, width: int, frames: int, pool=None):
   """A clip record -> (sample fields, info). `pool`: callable rng -> pool record, or None."""
   h0, w0 = int(rec["height"]), int(rec["width"])
@@ -160,10 +172,8 @@ def video_sample(rec: dict, rng, cfg, height: int, width: int, frames: int, pool
   without_face = bool(rng.random() < cfg.without_face_prob)
   drawn, head_change, face_change = _face_enhancement(rng, cfg, poses, h0, w0, pool)
   plan = A.plan_video_reference(rng, cfg, ref_pose, h0, w0, width / height)
-  target = np.stack([decode_image(rec["frames"][int(i)]) for i in idx])
-  ref = decode_image(rec["frames"][ref_idx])
-  if target.shape[1:3] != (h0, w0) or ref.shape[:2] != (h0, w0):
-    raise CorruptRecordError(f"frames of {rec.get('id')} are not {h0}x{w0} as the record says")
+  target = (_frame(rec, int(i), h0, w0) for i in idx)
+  ref = _frame(rec, ref_idx, h0, w0)
   sample, info = _assemble(
     rng=rng, cfg=cfg, plan=plan, target=target, ref=ref, h0=h0, w0=w0, height=height,
     width=width, driving_poses=drawn, ref_pose=ref_pose,
