@@ -10,7 +10,8 @@ Sources:
 - `build_videos(folder)`: every video (or frame folder) with a pose file next to it:
   `<stem>_pose.npy` (official per-frame dicts) or `<stem>_pose.json` / `<stem>.json` (o2a-pose JSON,
   kind dwpose or coco_wholebody). With `estimate=True`, videos without pose files are run through
-  `o2a_jax.pose.estimate` (local ONNX models) when that module is available.
+  `o2a_jax.pose.estimate.PoseEstimator` (local detector + whole-body ONNX models, e.g. DWPose's
+  yolox_l + dw-ll_ucoco_384) and converted with `from_coco_wholebody`.
 
 Inputs that cannot be read or are inconsistent are reported (one line each) and skipped, never
 written; the returned summary counts written and skipped items. Frames are stored as JPEG (quality
@@ -251,22 +252,25 @@ def build_videos(
 
 
 def _estimator(det_model, pose_model):
-  try:
-    from o2a_jax.pose import estimate as est  # written by the pose-estimation work
-  except ImportError as e:
-    raise ValueError(
-      "pose estimation is not available in this installation (o2a_jax.pose.estimate is "
-      "missing); provide pose files next to the videos instead"
-    ) from e
+  """frames -> pose dicts via `o2a_jax.pose.estimate.PoseEstimator` (local ONNX files).
+
+  Keypoints are converted with `from_coco_wholebody` (the inference conversion); a frame without a
+  person makes the whole video fail (reported and skipped).
+  """
   if not det_model or not pose_model:
     raise ValueError("--estimate needs --det-model and --pose-model (local ONNX files)")
-  fn = getattr(est, "estimate_video", None)
-  if fn is None:
-    raise ValueError("o2a_jax.pose.estimate has no estimate_video(frames, ...) function")
+  try:
+    from o2a_jax.pose.estimate import PoseEstimator
+  except ImportError as e:
+    raise ValueError(
+      f"pose estimation is not available in this installation ({e}); install onnxruntime or "
+      "provide pose files next to the videos"
+    ) from e
+  est = PoseEstimator(det_model, pose_model)
 
   def run(frames):
     h, w = frames.shape[1:3]
-    kp = fn(frames, det_model=det_model, pose_model=pose_model)
+    kp = est.estimate_video(frames, progress=False)
     return [from_coco_wholebody(k, w, h) for k in kp]
 
   return run

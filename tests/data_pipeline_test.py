@@ -305,17 +305,27 @@ def test_build_official_layout_and_cli(tmp_path):
     wr = csv.DictWriter(f, fieldnames=cols)
     wr.writeheader()
     wr.writerows(rows)
+  body, face, hands = synthetic.figure_pixels(40, 60, 50)
+  raw = synthetic.raw_dwpose(body, face, hands)
+  pool_raw = np.empty(1, dtype=object)
+  pool_raw[:] = [raw]
+  np.save(root / "p0_raw.npy", pool_raw, allow_pickle=True)
+  (root / "pool.csv").write_text("pose_path,height,width\np0.npy,100,80\nmissing.npy,100,80\n")
   out = tmp_path / "built"
-  assert main(["data", "build", "official", str(root / "data.csv"), str(out), "--quiet"]) == 0
+  args = ["data", "build", "official", str(root / "data.csv"), str(out), "--quiet"]
+  assert main([*args, "--pose-pool", str(root / "pool.csv")]) == 0
   info = json.loads((out / "dataset_info.json").read_text())
-  assert info["counts"] == {"clip": 1, "pair": 1, "pool": 0}
-  assert info["summary"]["skipped"] == 1 and "broken" in info["summary"]["skipped_items"][0]
+  assert info["counts"] == {"clip": 1, "pair": 1, "pool": 1}
+  assert info["summary"]["skipped"] == 2  # the broken video and the missing pool file
+  pool = RecordSource(out, "pool").read(0)
+  assert pool["candidate"].shape == (1, 134, 2) and (pool["height"], pool["width"]) == (100, 80)
+  assert "broken" in info["summary"]["skipped_items"][0]
   clip = RecordSource(out, "clip").read(0)
   assert (clip["start_frame"], clip["end_frame"], clip["refimg_index"]) == (2, 15, [1, 5])
   assert len(clip["frames"]) == n and clip["ocr_boxes"][0] == [[1.0, 1.0, 10.0, 5.0]]
   assert not list(out.glob(".tmp-*"))
   # Building into an existing dataset needs --overwrite (exit code 2, one-line error).
-  assert main(["data", "build", "official", str(root / "data.csv"), str(out), "--quiet"]) == 2
+  assert main(args) == 2
 
 
 def test_build_video_folder(tmp_path):
@@ -343,3 +353,32 @@ def test_loader_info_matches_plan(dataset):
   _, info, skipped = loader.global_sample(0, 1)
   kind, idx, key, _, _ = loader.planner.slot(0, 1)
   assert skipped == 0 and info["record"] == (kind, idx) and info["key"] == key
+
+
+def test_build_video_folder_with_estimator(tmp_path, monkeypatch):
+  import o2a_jax.pose.estimate as est
+  from data_pipeline.build import build_videos
+  from o2a_jax import video_io
+
+  class FakeEstimator:  # stands in for the ONNX models, which tests cannot download
+    def __init__(self, det_model, pose_model):
+      self.models = (det_model, pose_model)
+
+    def estimate_video(self, frames, progress=True):
+      n, h, w = frames.shape[:3]
+      kp = np.random.default_rng(0).uniform(0.2, 0.8, (n, 133, 3)) * [w, h, 1]
+      kp[..., 2] = 0.9
+      return kp
+
+  monkeypatch.setattr(est, "PoseEstimator", FakeEstimator)
+  vids = tmp_path / "vids"
+  vids.mkdir()
+  frames = np.random.default_rng(2).integers(30, 220, (6, 32, 48, 3), dtype=np.uint8)
+  video_io.write_video(vids / "c.mp4", frames, fps=24)
+  with pytest.raises(ValueError, match="--det-model"):
+    build_videos(vids, tmp_path / "x", estimate=True, quiet=True)
+  info = build_videos(
+    vids, tmp_path / "out", estimate=True, det_model="d.onnx", pose_model="p.onnx", quiet=True
+  )
+  assert info["counts"]["clip"] == 1
+  assert len(RecordSource(tmp_path / "out", "clip").read(0)["poses"]) == 6
