@@ -39,7 +39,7 @@ import numpy as np
 from data_pipeline import buckets
 from data_pipeline.batch import FIELDS
 from data_pipeline.records import CorruptRecordError, RecordSource
-from data_pipeline.sample import candidate_frames, pair_sample, video_sample
+from data_pipeline.sample import pair_sample, video_sample
 
 _MAX_REPLACEMENTS = 16
 _EPOCH_CACHE = 3
@@ -83,39 +83,60 @@ class EpochPlanner:
     return state
 
   def _clip_capacity(self) -> np.ndarray:
-    """Longest clip (in sampled frames) each video supports, eligibility rule of §7.3/§8.24."""
+    """Longest clip (in sampled frames) each video supports, eligibility rule of §7.3/§8.24.
+
+    Fixed: exactly the number of candidate frames `sample.candidate_frames` offers. Official:
+    `(T_avail - 1) // round(fps/16) + 1` with `T_avail = min(end - start, 10 fps)`.
+    """
     cfg, m = self.cfg, self.clips
-    out = np.zeros(self.n_clips, np.int64)
-    for i in range(self.n_clips):
-      row = {k: m[k][i] for k in m}
-      if cfg.reproduce_official:
-        fps = float(row["fps"])
-        avail = min(int(row["end_frame"]) - int(row["start_frame"]), int(10 * fps))
-        stride = buckets.frame_stride(fps, cfg.train_fps, eligibility=True, reproduce_official=True)
-        out[i] = (avail - 1) // stride + 1
-      else:
-        out[i] = len(candidate_frames(row, cfg))
-    return out
+    if not self.n_clips:
+      return np.zeros(0, np.int64)
+    fps = m["fps"].astype(np.float64)
+    start, end, n = (m[k].astype(np.int64) for k in ("start_frame", "end_frame", "n_frames"))
+    if cfg.reproduce_official:
+      avail = np.minimum(end - start, (10 * fps).astype(np.int64))
+      stride = np.maximum(np.round(fps / cfg.train_fps).astype(np.int64), 1)
+      return np.maximum((avail - 1) // stride + 1, 0)
+    stride = np.maximum((fps / cfg.train_fps).astype(np.int64), 1)
+    if cfg.one_more_second:
+      end = end + fps.astype(np.int64)
+    end = np.minimum(end, n)
+    span = end - 1 - (start + 1)
+    return np.maximum(-(-span // stride), 0)  # len(range(start + 1, end - 1, stride))
+
+  def _assign(self, rng, kind: int, index, height, width, multi_frame, groups: dict) -> None:
+    """Vectorised per-sample bucket draw (resolution tried large to small, then frame count)."""
+    cfg = self.cfg
+    table = list(buckets.bucket_config(cfg.buckets).items())
+    scale = float(cfg.bucket_scale)
+    u = rng.random((len(index), len(table) + 1))
+    done = np.zeros(len(index), bool)
+    for k, (res, (p_res, p_keep)) in enumerate(table):
+      side = int(res) * scale
+      ok = ~done & (height * width >= buckets.ELIGIBLE_FRACTION * side * side) & (u[:, k] < p_res)
+      done |= ok
+      if not ok.any():
+        continue
+      entries = buckets.aspect_table(res, scale)
+      ratios = np.array([r for r, _, _ in entries])
+      entry = np.argmin(np.abs(height[ok, None] / width[ok, None] - ratios[None]), axis=1)
+      frames = np.where(multi_frame[ok] & (u[ok, -1] < p_keep), cfg.frames, 1)
+      members = np.stack([np.full(ok.sum(), kind), index[ok]], axis=1)
+      for e in np.unique(entry):
+        for f in np.unique(frames[entry == e]):
+          sel = (entry == e) & (frames == f)
+          key = (res, entries[e][1], entries[e][2], int(f))
+          groups.setdefault(key, []).append(members[sel])
 
   def _plan(self, epoch: int) -> list:
     cfg = self.cfg
     rng = np.random.default_rng([cfg.seed, epoch, 0x0B0C])
-    table = buckets.bucket_config(cfg.buckets)
-    scale = float(cfg.bucket_scale)
     groups: dict[tuple, list] = {}
-
-    def assign(kind, i, h, w, multi_frame: bool):
-      u = rng.random(len(table) + 1)
-      for k, (res, (p_res, p_keep)) in enumerate(table.items()):
-        if buckets.eligible(h, w, res, scale) and u[k] < p_res:
-          frames = cfg.frames if (multi_frame and u[-1] < p_keep) else 1
-          hh, ww = buckets.target_size(h, w, res, scale)
-          groups.setdefault((res, hh, ww, frames), []).append((kind, int(i)))
-          return
-
-    for i in range(self.n_clips):
-      assign(0, i, int(self.clips["height"][i]), int(self.clips["width"][i]),
-             self._max_frames[i] >= cfg.frames)  # fmt: skip
+    if self.n_clips:
+      self._assign(
+        rng, 0, np.arange(self.n_clips), self.clips["height"].astype(np.float64),
+        self.clips["width"].astype(np.float64), self._max_frames >= cfg.frames, groups,
+      )  # fmt: skip
     if self.n_pairs:
       if self.n_clips:
         n_img = int(round(self.n_clips * cfg.image_ratio / (1.0 - cfg.image_ratio)))
@@ -126,14 +147,14 @@ class EpochPlanner:
         )
       else:
         picks = rng.permutation(self.n_pairs)
-      for i in picks:
-        assign(1, i, int(self.pairs["height"][i]), int(self.pairs["width"][i]), False)
+      h, w = self.pairs["height"][picks], self.pairs["width"][picks]
+      self._assign(rng, 1, picks, h.astype(np.float64), w.astype(np.float64),
+                   np.zeros(len(picks), bool), groups)  # fmt: skip
     batches = []
     gb = cfg.global_batch
     for key in sorted(groups):
-      members = groups[key]
-      order = rng.permutation(len(members))
-      members = [members[j] for j in order]
+      members = np.concatenate(groups[key])
+      members = members[rng.permutation(len(members))]
       for b in range(len(members) // gb):
         batches.append((key, members, b * gb))
     order = rng.permutation(len(batches))
@@ -165,7 +186,7 @@ class EpochPlanner:
     e, b = self.locate(step)
     key, members, offset = self.epoch(e)[b]
     kind, idx = members[offset + row]
-    return kind, idx, key, members, offset + row
+    return int(kind), int(idx), key, members, offset + row
 
 
 class SampleLoader:
@@ -213,7 +234,7 @@ class SampleLoader:
       except CorruptRecordError as e:
         skipped += 1
         last = e
-        kind, idx = members[(pos + attempt + 1) % len(members)]
+        kind, idx = (int(v) for v in members[(pos + attempt + 1) % len(members)])
     raise RuntimeError(
       f"{skipped} consecutive corrupt records while filling batch {step} row {row} (bucket "
       f"{key}); last error: {last}. Check the dataset with `o2a data build` output."

@@ -160,7 +160,7 @@ def test_epoch_plan_reads_each_record_once():
   cfg = _cfg("unused", global_batch=8, frames=29, image_ratio=0.0)
   planner = EpochPlanner(cfg, clips, {})
   for epoch in range(2):
-    used = [m[off + j] for _, m, off in planner.epoch(epoch) for j in range(8)]
+    used = [tuple(m[off + j]) for _, m, off in planner.epoch(epoch) for j in range(8)]
     assert len(used) == len(set(used))  # no record twice in an epoch
     assert len(used) > n - 8 * 20  # at most one partial batch dropped per bucket
   # Process shards of a global batch are disjoint and together the global batch.
@@ -382,3 +382,32 @@ def test_build_video_folder_with_estimator(tmp_path, monkeypatch):
   )
   assert info["counts"]["clip"] == 1
   assert len(RecordSource(tmp_path / "out", "clip").read(0)["poses"]) == 6
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_clip_capacity_matches_frame_sampler(official):
+  from data_pipeline.sample import candidate_frames
+
+  rng = np.random.default_rng(0)
+  n = 200
+  fps = rng.choice([8.0, 16.0, 24.0, 25.0, 29.97, 30.0, 50.0, 60.0], n)
+  nf = rng.integers(5, 400, n)
+  start = (rng.random(n) * nf * 0.5).astype(int)
+  end = np.minimum(start + rng.integers(1, 300, n), nf)
+  clips = {
+    "height": np.full(n, 720),
+    "width": np.full(n, 1280),
+    "fps": fps,
+    "start_frame": start,
+    "end_frame": end,
+    "n_frames": nf,
+  }
+  cfg = _cfg("unused", frames=29, global_batch=1, reproduce_official=official)
+  cap = EpochPlanner(cfg, clips, {})._clip_capacity()
+  for i in range(n):
+    row = {k: v[i] for k, v in clips.items()}
+    if official:  # the official eligibility: (T_avail - 1) >= 28 * round(fps / 16)
+      avail = min(end[i] - start[i], int(10 * fps[i]))
+      assert (cap[i] >= 29) == (avail - 1 >= 28 * max(round(fps[i] / 16), 1))
+    else:  # fixed: eligible exactly when the sampler has 29 candidate frames
+      assert cap[i] == len(candidate_frames(row, cfg))
