@@ -174,8 +174,9 @@ def build_official(
       writer.add(rec)
     except (ValueError, OSError, KeyError, TypeError) as e:
       rep.skip(what, e)
-  if pose_pool_csv:
-    _add_pool(writer, pathlib.Path(pose_pool_csv), rep, quiet)
+  pools = [pose_pool_csv] if isinstance(pose_pool_csv, str | pathlib.Path) else pose_pool_csv
+  for pool_csv in pools or ():  # official pools A (H/W >= 1) and B; the loader picks by aspect
+    _add_pool(writer, pathlib.Path(pool_csv), rep, quiet)
   return _finish(writer, rep, {"source": "official", "csv": str(csv_path)}, quiet)
 
 

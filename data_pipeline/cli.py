@@ -100,8 +100,9 @@ def add_parser(subparsers) -> None:
   p.add_argument("--root", default=None, help="base of relative paths (default: the CSV's folder)")
   p.add_argument(
     "--pose-pool",
+    action="append",
     default=None,
-    help="pose-pool CSV (pose_path,height,width; reads the _raw.npy files)",
+    help="pose-pool CSV (pose_path,height,width; reads the _raw.npy files); repeatable",
   )
   _common(p)
   p.set_defaults(func=_official)

@@ -56,8 +56,10 @@ def get_data_config(stage: int = 2) -> mlc.ConfigDict:
     raise KeyError(f"unknown training stage {stage!r}; choose 1, 2 or 3")
   c = mlc.ConfigDict()
   c.stage = stage
-  c.source = ""  # ArrayRecord file pattern written by `o2a data build`; "" = none given
-  c.pose_pool = ""  # ArrayRecord pose pool for face enhancement; "" = none
+  c.source = ""  # dataset folder written by `o2a data build` (ArrayRecord shards); "" = none
+  # Folder holding pose-pool records for face enhancement; "" = the pool records of `source`
+  # (face enhancement is off when there are none).
+  c.pose_pool = ""
   c.global_batch = 8  # official: batch 1 per GPU x 8 GPUs
   c.frames = 29  # pixel frames of a video sample (8 latent frames)
   c.train_fps = 16
