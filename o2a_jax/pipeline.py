@@ -26,6 +26,16 @@ from o2a_jax.vae import denormalize, normalize
 CONTEXT_FRAMES = 5  # pixel frames of TokenReplace context = 2 latent frames
 CONTEXT_LATENTS = 2
 
+# The host hook of the running `generate_chunk(on_step=...)` call. The jitted loop reports through
+# the fixed function `_report_step`, so a new hook never changes the compiled program.
+_STEP_HOOK = None
+
+
+def _report_step(i):
+  hook = _STEP_HOOK
+  if hook is not None:
+    hook(int(i))
+
 
 def _check(name, arr, shape, lo=None, hi=None):
   if tuple(arr.shape) != tuple(shape):
@@ -41,7 +51,7 @@ def _pixels(image_u8: np.ndarray) -> jax.Array:
   return jnp.asarray(np.asarray(image_u8, np.float32) / 255.0 * 2.0 - 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "token_replace"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "token_replace", "report"))
 def _denoise(
   graphdef,
   state,
@@ -57,6 +67,7 @@ def _denoise(
   token_replace,
   image_guidance,
   pose_guidance,
+  report=False,
 ):
   """The whole Euler loop: x (B, T, h, w, C) float32 noise (or context + noise) -> latents."""
   model = nnx.merge(graphdef, state)
@@ -78,7 +89,10 @@ def _denoise(
     )
     v = guidance.combine(eps, n, image_guidance, pose_guidance)
     new = x + (sig[i + 1] - sig[i]) * v
-    return x.at[:, start:].set(new[:, start:])  # the context latents stay clean
+    x = x.at[:, start:].set(new[:, start:])  # the context latents stay clean
+    if report:
+      jax.debug.callback(_report_step, i)
+    return x
 
   return jax.lax.fori_loop(0, sig.shape[0] - 1, step, x)
 
@@ -100,6 +114,7 @@ def generate_chunk(
   pose_guidance: float = 1.5,
   pose_scale: float = 1.0,
   prev_frames: np.ndarray | None = None,
+  on_step=None,
 ) -> np.ndarray:
   """Generates one chunk of F frames; returns (F, H, W, 3) float32 in [-1, 1].
 
@@ -114,6 +129,8 @@ def generate_chunk(
     image_guidance, pose_guidance: the official guidance scales (spec §5.2).
     pose_scale: the official `conditioning_scale` of the conditional passes.
     prev_frames: uint8 (5, H, W, 3) TokenReplace context frames, or None.
+    on_step: optional host function called with the step index after each Euler step (from
+      inside the jitted loop, e.g. to advance a progress bar).
   """
   image, mask = np.asarray(image), np.asarray(mask)
   pose_video, ref_pose = np.asarray(pose_video), np.asarray(ref_pose)
@@ -180,20 +197,28 @@ def generate_chunk(
   )
   graphdef, state = nnx.split(model)
   sig = jnp.asarray(make_sigmas(steps, shift))
-  latents = _denoise(
-    graphdef,
-    state,
-    x,
-    sig,
-    ref,
-    pose,
-    rpose,
-    text,
-    scales,
-    n=n,
-    token_replace=token_replace,
-    image_guidance=float(image_guidance),
-    pose_guidance=float(pose_guidance),
-  )
+  global _STEP_HOOK
+  _STEP_HOOK = on_step
+  try:
+    latents = _denoise(
+      graphdef,
+      state,
+      x,
+      sig,
+      ref,
+      pose,
+      rpose,
+      text,
+      scales,
+      n=n,
+      token_replace=token_replace,
+      image_guidance=float(image_guidance),
+      pose_guidance=float(pose_guidance),
+      report=on_step is not None,
+    )
+    if on_step is not None:
+      jax.block_until_ready(latents)  # every report arrives while the hook is installed
+  finally:
+    _STEP_HOOK = None
   video = vae.decode(denormalize(latents.astype(jnp.float32)))
   return np.asarray(video[0], np.float32)

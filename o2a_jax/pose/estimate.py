@@ -110,10 +110,10 @@ class Detector:
       raise ValueError(f"detector kind must be one of {DET_KINDS}, got {kind!r}")
     self.session = _session(path, "detector")
     self.input_hw = _input_hw(self.session, (640, 640))
-    if kind == "auto":
+    if kind == "auto":  # YOLOX: one row per grid anchor (strides 8, 16, 32); else YOLO
       shape = self.session.get_outputs()[0].shape
-      last = shape[-1] if len(shape) == 3 else None
-      kind = "yolo" if last == 6 or (isinstance(shape[1], int) and shape[1] < 100) else "yolox"
+      anchors = sum((self.input_hw[0] // s) * (self.input_hw[1] // s) for s in (8, 16, 32))
+      kind = "yolox" if len(shape) == 3 and shape[1] == anchors else "yolo"
     self.kind = kind
     yolox = kind == "yolox"
     self.score_threshold = (
