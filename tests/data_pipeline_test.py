@@ -411,3 +411,21 @@ def test_clip_capacity_matches_frame_sampler(official):
       assert (cap[i] >= 29) == (avail - 1 >= 28 * max(round(fps[i] / 16), 1))
     else:  # fixed: eligible exactly when the sampler has 29 candidate frames
       assert cap[i] == len(candidate_frames(row, cfg))
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_stages_and_official_mode_run(dataset, stage):
+  c = get_data_config(stage)
+  c.update(
+    source=str(dataset),
+    bucket_scale=0.125,
+    frames=5,
+    global_batch=2,
+    image_ratio=0.5,
+    reproduce_official=True,
+    zoomin=0.5,
+  )
+  it = train_iterator(c)
+  for batch in _take(it, 3):
+    check_batch(batch)
+    assert batch["ref_mask"].max() <= 1 and batch["ocr_mask"].min() >= 0
