@@ -161,18 +161,27 @@ def main() -> None:
       cfg.global_batch = args.workers
       it = train_iterator(cfg)
       next(it)  # worker start-up
-      t = time.perf_counter()
+      import psutil
+
+      me = psutil.Process()
+
+      def cpu_all():
+        procs = [me, *me.children(recursive=True)]
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+      t, c = time.perf_counter(), cpu_all()
       n = 0
       for _ in range(args.batches):
         b = next(it)
         n += len(b["pose_dropped"])
-      dt = time.perf_counter() - t
+      dt, dc = time.perf_counter() - t, cpu_all() - c
       shape = b["video"].shape
       it.close()
       print(
         f"\nend to end, {args.workers} workers (real buckets, images/T=1 mixed in; last batch "
         f"{shape}): {n / dt:.2f} samples/s = {n / dt / args.workers:.2f} per worker "
-        f"on {os.cpu_count()} cores"
+        f"on {os.cpu_count()} cores; CPU {dc / n:.2f} s/sample (all processes) = "
+        f"{n / dc:.2f} samples/s per core"
       )
 
 
