@@ -61,6 +61,14 @@ def generate_video(
   video = np.zeros((n, hh, ww, 3), np.uint8)
   total_steps = steps * len(chunks)
   with tqdm(total=total_steps, desc="denoising", unit="step", disable=not progress) as bar:
+    done = [0]
+
+    def on_step(_):
+      bar.update(1)
+      done[0] += 1
+      if done[0] % steps == 0:  # the chunk's last step: its latents are being decoded now
+        bar.set_postfix_str("decoding")
+
     for i, c in enumerate(chunks):
       bar.set_description(f"denoising chunk {i + 1}/{len(chunks)} ({c.frames} frames)")
       prev = video[c.start : c.start + OVERLAP_FRAMES].copy() if c.context else None
@@ -80,7 +88,8 @@ def generate_video(
         pose_guidance=pose_guidance,
         pose_scale=pose_scale,
         prev_frames=prev,
-        on_step=lambda _: bar.update(1),
+        on_step=on_step,
       )
       place(video, c, to_uint8(out))
+      bar.set_postfix_str("")
   return video
