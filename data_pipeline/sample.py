@@ -103,7 +103,7 @@ def _masks(face_regions, ocr_regions, m: A.IndexMap):
 def _assemble(
   *, rng, cfg, plan: A.RefPlan, target, ref, h0, w0, height, width, driving_poses, ref_pose,
   pose_flags, ref_pose_flags, face_regions, ocr_regions,
-) -> dict:  # fmt: skip
+) -> tuple[dict, dict]:  # fmt: skip
   """Shared tail: index maps, rendering, masking, zoom, normalisation, reference noise."""
   base = A.crop_resize_map(h0, w0, height, width)
   vmap = A.zoom_map(h0, w0, plan.zoom_video).then(base) if plan.zoom_video != 1 else base
@@ -118,9 +118,10 @@ def _assemble(
   blank = np.full((height, width, 3), -1.0, np.float32)
 
   # Frames are gathered one by one as they are decoded (no full-resolution clip in memory).
-  video = _normalise(np.stack([vmap.gather(f) for f in target]))
   if plan.ref_keep and frames == 1:
     video = _normalise(vmap.gather(ref[None]))  # T = 1: the target is the unmasked reference
+  else:
+    video = _normalise(np.stack([vmap.gather(f) for f in target]))
   if plan.drop_pose:
     pose_video = np.broadcast_to(blank, (frames, height, width, 3)).copy()
   else:
@@ -163,7 +164,7 @@ def video_sample(rec: dict, rng, cfg, height: int, width: int, frames: int, pool
   """A clip record -> (sample fields, info). `pool`: callable rng -> pool record, or None."""
   h0, w0 = int(rec["height"]), int(rec["width"])
   idx = sample_frame_indices(rng, rec, frames, cfg)
-  if getattr(cfg, "i2v", 0.0) > 0 and rng.random() < cfg.i2v:
+  if cfg.i2v > 0 and rng.random() < cfg.i2v:  # stage 1: the first training frame (DR:478-479)
     ref_idx = int(idx[0])
   else:
     ref_idx = select_reference(rng, rec, idx)
