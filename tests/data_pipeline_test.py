@@ -343,6 +343,10 @@ def test_build_video_folder(tmp_path):
 
   info = build_videos(vids, tmp_path / "out", quiet=True)
   assert info["counts"]["clip"] == 1 and info["summary"]["skipped"] == 1
+  from o2a_jax.cli import main
+
+  assert main(["data", "synthetic", str(tmp_path / "syn"), "--clips", "1", "--frames", "8"]) == 0
+  assert len(RecordSource(tmp_path / "syn", "clip")) == 1
   rec = RecordSource(tmp_path / "out", "clip").read(0)
   assert rec["fps"] == pytest.approx(30.0) and len(rec["poses"]) == n
 
