@@ -136,3 +136,31 @@ def test_heatmap_dark_decoding(tmp_path):
   center, size = np.array([40.0, 50.0]), np.array([75.0, 100.0])
   np.testing.assert_allclose(kp[:, :2], coords / [w, h] * size + center - size / 2, atol=1e-4)
   np.testing.assert_allclose(kp[:, 2], scores, atol=1e-6)
+
+
+def test_pose_extract_cli(tmp_path):
+  from o2a_jax import cli
+  from o2a_jax.inference.load import read_pose_file
+  from o2a_jax.video_io import write_video
+
+  rows = np.array([[8, 4, 56, 60, 0.9, 0]], np.float32)
+  det = const_model(tmp_path / "det.onnx", (64, 64), {"out": rows[None]})
+  hm = np.zeros((1, 133, 16, 12))
+  rng = np.random.default_rng(2)
+  hm[0, np.arange(133), rng.integers(2, 14, 133), rng.integers(2, 10, 133)] = 0.9
+  pose = const_model(tmp_path / "pose.onnx", (64, 48), {"hm": hm})
+  write_video(
+    tmp_path / "clip.gif",
+    np.repeat(np.arange(0, 200, 50, dtype=np.uint8), 64 * 64 * 3).reshape(4, 64, 64, 3),
+  )
+  common = ["--det-model", str(det), "--pose-model", str(pose), "--no-progress"]
+  out = tmp_path / "clip.json"
+  argv = ["pose", "extract", str(tmp_path / "clip.gif"), "--out", str(out), "--stride", "2"]
+  assert cli.main([*argv, *common]) == 0
+  poses = read_pose_file(out)
+  assert poses.kp133.shape == (2, 133, 3) and (poses.width, poses.height) == (64, 64)
+  assert (poses.kp133[..., :2] >= 0).all() and (poses.kp133[..., 2] == np.float32(0.9)).all()
+  npy = tmp_path / "clip.npy"
+  assert cli.main([*argv[:4], str(npy), *argv[5:], *common]) == 0
+  dicts = read_pose_file(npy).dicts
+  assert len(dicts) == 2 and dicts[0]["bodies"]["candidate"].shape == (18, 2)
