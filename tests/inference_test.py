@@ -251,6 +251,12 @@ def test_cli_errors_are_clear(files, capsys, tmp_path):
   assert "100 were requested" in _error(capsys, [*base, "--frames", "100"])
   assert "--det-model" in _error(capsys, [*base[:3], *base[5:]])  # no --ref-pose, no models
   assert "multiples of 16" in _error(capsys, [*base, "--size", "40x32"])
+  assert "at least 81" in _error(capsys, [*base, "--frames", "9", "--reproduce-official"])
+  corrupt = tmp_path / "corrupt.mp4"
+  corrupt.write_bytes(b"\x00" * 100)
+  assert "cannot decode video" in _error(
+    capsys, [*base[:-4], "--driving", str(corrupt), *base[-2:]]
+  )
   missing = tmp_path / "missing.mp4"
   assert "does not exist" in _error(capsys, [*base[:-4], "--driving", str(missing), *base[-2:]])
 

@@ -386,6 +386,11 @@ def run_animate(args) -> int:
   image = read_image(args.ref)
   ref = _reference_pose(args, image)
   driving, fps = _driving(args, image.shape[:2], progress=progress)
+  if args.reproduce_official and len(driving) < 81:
+    raise ValueError(
+      f"--reproduce-official needs at least 81 driving frames (the official chunk plan crashes "
+      f"below), got {len(driving)}"
+    )
   model, vae, mesh, stack = _load_models(args, progress=progress)
   with stack:
     _defaults_from_model(args, model)
