@@ -1,27 +1,59 @@
-r"""One-to-All denoiser configurations: model presets and the golden-fixture configuration.
+r"""One-to-All configurations: model presets, the golden-fixture model, and the training recipe.
 
   get_config("tiny")     the golden fixture's model (shared/golden/model_tiny), for tests
   get_config("1.3b")     One-to-All-1.3b (Wan2.1-T2V-1.3B backbone, 14 extractor, 2 pose blocks)
   get_config("14b")      One-to-All-14b (Wan2.1-T2V-14B backbone, 7 extractor, 1 pose block)
-  get_config("1.3b,bf16,remat=full")   options: bf16, attn=<impl>, remat=<policy>, noscan
+  get_config("model=1.3b,stage=3,bf16,remat=full")   options below
 
-Used by `o2a` commands as `--config configs/o2a.py:1.3b --config.model.attn_impl=cudnn`.
+Options (comma-separated `name=value`, a bare name sets a flag; the first bare token is the model):
+  model=tiny|1.3b|14b   architecture (`variant=` is the older spelling)
+  stage=1|2|3           training stage (spec §7.1): trainable set, loss weights, data settings
+  bf16                  bfloat16 compute and frozen-parameter storage (trainable masters stay f32)
+  attn=<impl>           attention implementation (`kernels.attention`)
+  remat=<policy>        rematerialisation policy per scanned block (none|full|dots|dots_no_batch)
+  noscan                unrolled blocks instead of `lax.scan`
+  data=synthetic        the built-in synthetic source (default for `tiny`) instead of ArrayRecord
+  small                 `tiny` shrunk further (width 64, 2 blocks, small VAE): loop tests
+
+Used by `o2a` commands as `--config configs/o2a.py:1.3b --config.model.attn_impl=cudnn`, and by
+`o2a train --config configs/o2a.py:model=tiny,stage=2 --workdir DIR --config.optim.lr=1e-5`.
 """
 
 import ml_collections as mlc
 
-from o2a_jax import config_lib
+from o2a_jax import config_lib, sharding
 from o2a_jax.model.config import PRESETS
+
+# The VAE architecture per model preset (diffusers AutoencoderKLWan arguments). `tiny` is the
+# golden fixture's small VAE (shared/golden/vae_tiny); the others are the shipped Wan2.1 VAE.
+_VAE = {
+  "tiny": dict(base_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1),
+  "1.3b": dict(base_dim=96, dim_mult=(1, 2, 4, 4), num_res_blocks=2),
+  "14b": dict(base_dim=96, dim_mult=(1, 2, 4, 4), num_res_blocks=2),
+}
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
   arg = config_lib.parse_arg(
-    arg, variant="tiny", bf16=False, attn="xla", remat="none", noscan=False
+    arg,
+    model="tiny",
+    variant="",
+    stage=2,
+    bf16=False,
+    attn="xla",
+    remat="none",
+    noscan=False,
+    data="",
+    small=False,
   )
-  if arg.variant not in PRESETS:
-    raise KeyError(f"unknown variant {arg.variant!r}; choose one of {sorted(PRESETS)}")
+  variant = arg.variant or arg.model
+  if variant not in PRESETS:
+    raise KeyError(f"unknown model {variant!r}; choose one of {sorted(PRESETS)}")
+  if arg.stage not in (1, 2, 3):
+    raise KeyError(f"unknown stage {arg.stage!r}; choose 1, 2 or 3")
   c = mlc.ConfigDict()
   c.seed = 0
+  c.stage = arg.stage
   c.model = mlc.ConfigDict(
     dict(
       num_heads=0,
@@ -50,12 +82,88 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
       attn_impl=arg.attn,
       scan_layers=not arg.noscan,
       remat=arg.remat,
+      prefix_frame=True,
+      pose_branch=True,
     )
   )
-  c.model.update(PRESETS[arg.variant])
-  # Mesh (data, fsdp, context, tensor); -1 takes the remaining devices.
-  c.mesh_shape = (1, -1, 1, 1)
-  if arg.variant == "tiny":
+  c.model.update(PRESETS[variant])
+  if arg.small:
+    # Same structure as `tiny` (every block kind, HRFA, pose branch), fewer and narrower layers:
+    # the training-loop tests compile and run it in seconds.
+    c.model.update(
+      dict(
+        num_heads=2,
+        head_dim=32,
+        num_layers=2,
+        ffn_dim=64,
+        text_dim=16,
+        freq_dim=32,
+        ref_layers=1,
+        pose_layers=1,
+        hint_channels=(8, 8, 8, 8),
+        cond_channels=8,
+        cond_blocks=1,
+      )
+    )
+  if arg.stage == 1:
+    # The stage-1 model (spec §7.1): backbone + extractor, no prefix frame, no pose branch.
+    c.model.update(dict(prefix_frame=False, pose_branch=False, pose_layers=0))
+  if variant == "tiny":
     # The golden fixture's inputs: 2 samples, 9 frames (3 latent), 64x96 pixels, 7 text tokens.
     c.example = mlc.ConfigDict(dict(batch=2, frames=9, height=64, width=96, text_len=7))
+
+  # --- training -------------------------------------------------------------------------------
+  c.train = mlc.ConfigDict()
+  c.train.steps = 200 if variant == "tiny" else 1_000_000  # the official run gives no count
+  c.train.log_every = 10  # TensorBoard scalars and the progress-bar figures
+  c.train.ckpt_every = 100 if variant == "tiny" else 1000  # official: 1000 (14B stage 1: 500)
+  c.train.keep_checkpoints = 2  # official: keep 2
+  c.train.async_checkpoint = True
+  c.train.sample_every = 0  # sample videos to workdir/samples every N steps; 0 = never
+  c.train.sample_steps = 4  # Euler steps of those samples (cheap previews, not evaluations)
+  c.train.max_bad_steps = 10  # consecutive non-finite steps that stop the run
+  # Mesh (data, fsdp, context, tensor); -1 takes the remaining devices. `c.mesh_shape` is the
+  # older top-level name of the same field.
+  c.train.mesh_shape = (1, -1, 1, 1)
+  c.mesh_shape = c.train.get_ref("mesh_shape")
+  # Per-block rematerialisation and compute precision: views of the model fields they set.
+  c.train.remat = c.model.get_ref("remat")
+  c.train.precision = c.model.get_ref("dtype")
+  c.train.peak_tflops = 0.0  # per-device peak for MFU; 0 = look it up from the device kind
+  # Logical-axis rules (logical name -> mesh axes) for parameters and activations.
+  c.sharding = mlc.ConfigDict()
+  c.sharding.rules = tuple(sharding.RULES)
+
+  # Initialisation (spec §7.12): "" = random (tests, smoke runs); else a native Orbax checkpoint,
+  # the Wan2.1-T2V diffusers transformer (stage 1), a stage-1 export (stage 2) or a full
+  # One-to-All checkpoint (stage 3, fine-tuning); a resumed run ignores it.
+  c.init = mlc.ConfigDict()
+  c.init.checkpoint = ""
+  c.init.format = "auto"  # auto | native | wan_t2v (stage 1) | stage1 (-> stage 2) | official
+
+  # The prompt embedding of every sample (official: UMT5 of "" at length 226): a .npy or
+  # .safetensors (S, text_dim) file, e.g. from `o2a text embed`; "" = zeros of `length` tokens.
+  c.text = mlc.ConfigDict(dict(embeds="", length=7 if variant == "tiny" else 226))
+
+  c.vae = mlc.ConfigDict(dict(path="", seed=0, **_VAE[variant]))
+  if arg.small:
+    c.vae.base_dim = 8
+  c.vae.dim_mult = tuple(c.vae.dim_mult)
+
+  from data_pipeline.config import get_data_config
+
+  c.data = get_data_config(arg.stage)
+  # The built-in synthetic source (o2a_jax.train.synthetic_data): `data.source=synthetic`.
+  c.data.synthetic = mlc.ConfigDict(
+    dict(num_samples=64, height=32, width=32, poison_from=-1, seed=0)
+  )
+  if arg.data == "synthetic" or (variant == "tiny" and not arg.data):
+    c.data.source = "synthetic"
+  if variant == "tiny":
+    c.data.frames = 5  # 2 latent frames: enough for TokenReplace, tiny on a CPU
+
+  from o2a_jax.train import optim, step
+
+  c.loss = step.default_loss_config(arg.stage)
+  c.optim = optim.default_optim_config()
   return c

@@ -42,13 +42,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.set_defaults(func=run)
 
 
-def _flag_values():
+def _flag_values(argv: list[str]):
+  """The flags of `o2a train`; `argv` (program name first) is what will be parsed (config_flags
+  reads the dotted overrides from it, not from sys.argv)."""
   from absl import flags
   from ml_collections import config_flags
 
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file(
-    "config", None, "config file and argument, e.g. configs/o2a.py:model=tiny", flag_values=fv
+    "config",
+    None,
+    "config file and argument, e.g. configs/o2a.py:model=tiny",
+    flag_values=fv,
+    sys_argv=argv,
   )
   flags.DEFINE_string("workdir", None, "run folder (checkpoints, tb, samples)", flag_values=fv)
   flags.DEFINE_string(
@@ -85,14 +91,14 @@ def _initialize_distributed(fv) -> None:
 def run(args) -> int:
   from absl import flags
 
-  argv = list(args.flags)
-  fv = _flag_values()
+  argv = ["o2a train", *args.flags]
+  fv = _flag_values(argv)
   if any(a in ("-h", "--help", "--helpfull") for a in argv):
     print(__doc__)
     print(fv.get_help())
     return 0
   try:
-    fv(["o2a train", *argv])
+    fv(argv)
   except flags.Error as e:
     raise ValueError(f"{e} (see o2a train --help)") from None
   if fv.config is None:

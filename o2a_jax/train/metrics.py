@@ -88,14 +88,17 @@ def denoiser_flops(
   """Forward FLOPs of the denoiser on a (batch, frames, height, width) pixel clip, by part.
 
   Latents are (T, H/8, W/8) with T = (F-1)//4 + 1; tokens L = (T+1) (H/16)(W/16) including the
-  reference prefix frame; the reference extractor sees S_r = (H/16)(W/16) tokens.
+  reference prefix frame (T (H/16)(W/16) for the stage-1 model without prefix frame and pose
+  branch); the reference extractor sees S_r = (H/16)(W/16) tokens.
   Returns a dict of parts and `total`.
   """
   d, f_mlp, p = cfg.dim, cfg.ffn_dim, cfg.patch_size[1]
   t = (frames - 1) // 4 + 1
   h, w = height // 8, width // 8
   n = (h // p) * (w // p)  # tokens per latent frame
-  tokens = (t + 1) * n
+  prefix = getattr(cfg, "prefix_frame", True)
+  pose = getattr(cfg, "pose_branch", True)
+  tokens = (t + int(prefix)) * n
   s_ref, s_txt = n, text_len
   lin = lambda m, a, b: 2 * m * a * b  # (m, a) @ (a, b)
 
@@ -127,9 +130,12 @@ def denoiser_flops(
       + lin(s_txt, d, d)
       + lin(tokens, d, p * p * cfg.out_channels)
     ),
-    "pose_encoder": _pose_encoder_flops(cfg, frames, height, width)
-    + _pose_encoder_flops(cfg, 1, height, width),
-    "prefix_encoder": _prefix_encoder_flops(cfg, h, w),
+    "pose_encoder": (
+      _pose_encoder_flops(cfg, frames, height, width) + _pose_encoder_flops(cfg, 1, height, width)
+      if pose
+      else 0
+    ),
+    "prefix_encoder": _prefix_encoder_flops(cfg, h, w) if prefix else 0,
   }
   parts = {k: batch * v for k, v in parts.items()}
   parts["total"] = sum(parts.values())

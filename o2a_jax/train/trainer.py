@@ -1,0 +1,440 @@
+"""The training loop: mesh, sharded state, one jitted step, data, checkpoints, metrics, signals.
+
+    result = train(config, workdir)       # what `o2a train` runs in every process
+
+One `jax.jit` step with explicit in/out shardings over the (data, fsdp, context, tensor) mesh of
+`config.train.mesh_shape`: parameters (and their Adam moments and EMA) sharded by their logical
+axes, the batch over (data, fsdp), the state donated. Each process feeds its own rows of every
+global batch (`jax.make_array_from_process_local_data`); in a multi-process run every process
+runs this same function after `jax.distributed.initialize` (see `cli.py`).
+
+Resuming is automatic: when `workdir/checkpoints` holds a checkpoint, the latest is restored
+(onto the current mesh, whatever mesh wrote it) with the data iterator's position, and the run
+continues to `config.train.steps` (the checkpoint's step counts batches consumed, skipped ones
+included). SIGTERM (preemption) saves a checkpoint at the current step and returns cleanly.
+A run of `config.train.max_bad_steps` consecutive non-finite steps raises `TrainingDiverged`
+without writing a checkpoint, so the last good one stays the latest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from data_pipeline.batch import check_batch, latent_frames
+from o2a_jax import config_lib, sharding
+from o2a_jax.train import checkpoints as ckpt_lib
+from o2a_jax.train import metrics as metrics_lib
+from o2a_jax.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+  """Too many consecutive non-finite steps; the last good checkpoint is left as the latest."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a run ended with. `reason`: "done", "preempted" (SIGTERM) or "stopped" (stop_after)."""
+
+  step: int
+  state: step_lib.TrainState
+  graphs: step_lib.TrainGraphs
+  reason: str
+  history: list[dict]
+
+
+# --- construction -----------------------------------------------------------------------------
+
+
+def make_mesh(config: mlc.ConfigDict) -> jax.sharding.Mesh:
+  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding.rules)
+  if rules != tuple(sharding.RULES):
+    # The model constrains activations and names parameters through `sharding.RULES`; a
+    # different table would shard parameters and activations inconsistently.
+    raise ValueError(
+      "config.sharding.rules differs from o2a_jax.sharding.RULES; only the built-in table is "
+      "wired through the model so far, leave config.sharding.rules at its default"
+    )
+  return sharding.make_mesh(tuple(config.train.mesh_shape))
+
+
+def build_vae(config: mlc.ConfigDict):
+  """The frozen float32 VAE: loaded from `config.vae.path`, or random (tests, benchmarks)."""
+  from o2a_jax.vae import model as vae_model
+
+  if config.vae.path:
+    from o2a_jax.convert import load_vae
+
+    return load_vae(config.vae.path, dtype=jnp.float32)
+  cfg = vae_model.VAEConfig(
+    base_dim=config.vae.base_dim,
+    dim_mult=tuple(config.vae.dim_mult),
+    num_res_blocks=config.vae.num_res_blocks,
+  )
+  vae = vae_model.WanVAE(cfg, dtype=jnp.float32)
+  return vae_model.randomize(vae, seed=config.vae.seed)
+
+
+def _check_architecture(got, want, source: str) -> None:
+  """The checkpoint's architecture must be the config's (numerics fields may differ)."""
+  keys = ("num_heads", "head_dim", "num_layers", "ffn_dim", "text_dim", "ref_layers", "pose_layers")
+  pairs = {k: (getattr(got, k), getattr(want, k)) for k in keys}
+  bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
+  if bad:
+    raise ValueError(
+      f"init checkpoint {source} has a different architecture than config.model "
+      f"(checkpoint, config): {bad}; pick the matching model= preset"
+    )
+
+
+def init_format(path: str) -> str:
+  """What `path` holds: `native` (Orbax params/ + config/), or by its official key names
+  `wan_t2v` (Wan2.1-T2V diffusers transformer: no extractor), `stage1` (a stage-1 export:
+  extractor, no pose branch) or `official` (a full One-to-All state dict)."""
+  p = pathlib.Path(path)
+  if (p / "params").is_dir() and (p / "config").is_dir():
+    return "native"
+  from o2a_jax.convert import safetensors_io as sio
+
+  with sio.TensorSource(p) as src:
+    keys = list(src.shapes())
+  if not any(k.startswith("refextractor.") for k in keys):
+    return "wan_t2v"
+  if not any(k.startswith(("controlnet", "input_hint_block")) for k in keys):
+    return "stage1"
+  return "official"
+
+
+def build_model(config: mlc.ConfigDict):
+  """The denoiser of `config.model`, initialised per `config.init` (spec §7.12).
+
+  `init.checkpoint` empty: random (seeded by `config.seed`). Otherwise by `init.format` (`auto`
+  detects it): `native` (an `o2a convert import` checkpoint), `wan_t2v` (the Wan2.1-T2V diffusers
+  transformer -> the stage-1 model, extractor copied from the backbone), `stage1` (a stage-1
+  export -> the stage-2 model, pose blocks copied from the backbone), `official` (a full
+  One-to-All checkpoint: stage 2 -> 3, or a released model for fine-tuning), all through
+  `o2a_jax.train.init` with strict key checks.
+  """
+  from o2a_jax.model import build_denoiser
+  from o2a_jax.train import init as init_lib
+
+  cfg = config_lib.denoiser_config(config.model)
+  src = config.init.checkpoint
+  if not src:
+    return build_denoiser(cfg, seed=config.seed)
+  if not pathlib.Path(src).exists():
+    raise FileNotFoundError(f"config.init.checkpoint {src!r} does not exist")
+  fmt = config.init.format if config.init.format != "auto" else init_format(src)
+  if fmt == "native":
+    from o2a_jax.checkpoint import load_native, read_config
+
+    _check_architecture(read_config(src), cfg, src)
+    numerics = ("dtype", "param_dtype", "attn_impl", "scan_layers", "remat")
+    return load_native(src, **{k: getattr(cfg, k) for k in numerics})
+  loaders = {
+    "wan_t2v": (init_lib.stage1_from_t2v, 1),
+    "stage1": (init_lib.stage2_from_stage1, 2),
+    "official": (init_lib.from_checkpoint, None),
+  }
+  if fmt not in loaders:
+    raise ValueError(
+      f"config.init.format {fmt!r} is not one of auto, native, wan_t2v, stage1, official"
+    )
+  load, stage = loaders[fmt]
+  if stage is not None and config.stage != stage:
+    raise ValueError(
+      f"config.init.checkpoint {src!r} is a {fmt} checkpoint, which initialises stage {stage}; "
+      f"this config is stage {config.stage}"
+    )
+  return load(src, cfg, seed=config.seed)
+
+
+def text_embeds(config: mlc.ConfigDict) -> np.ndarray:
+  """The prompt embedding every sample gets (official: UMT5 of "" at length 226, spec §2.8).
+
+  `config.text.embeds`: a `.npy` or single-tensor `.safetensors` file of shape (S, text_dim),
+  e.g. the `o2a text embed` cache entry of the empty prompt at length 226. Empty: zeros of
+  (`config.text.length`, text_dim) (smoke runs and tests).
+  """
+  dim = config.model.text_dim
+  path = config.text.embeds
+  if not path:
+    return np.zeros((config.text.length, dim), np.float32)
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise FileNotFoundError(f"config.text.embeds {path!r} is not a file")
+  if p.suffix == ".npy":
+    arr = np.load(p, allow_pickle=False)
+  else:
+    from o2a_jax.convert import safetensors_io as sio
+
+    with sio.TensorSource(p) as src:
+      keys = list(src.shapes())
+      if len(keys) != 1:
+        raise ValueError(f"config.text.embeds {path!r} holds {len(keys)} tensors; expected one")
+      arr = np.asarray(src[keys[0]])
+  arr = np.asarray(arr, np.float32)
+  if arr.ndim == 3 and arr.shape[0] == 1:
+    arr = arr[0]
+  if arr.ndim != 2 or arr.shape[1] != dim:
+    raise ValueError(f"config.text.embeds {path!r} has shape {arr.shape}; expected (S, {dim})")
+  return arr
+
+
+def data_iterator(config: mlc.ConfigDict) -> Iterator[dict]:
+  """This process's iterator of per-process batches (with get_state/set_state)."""
+  kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  if config.data.source == "synthetic":
+    from o2a_jax.train import synthetic_data
+
+    return synthetic_data.train_iterator(config.data, **kw)
+  import data_pipeline
+
+  return data_pipeline.train_iterator(config.data, **kw)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+
+
+def global_batch(local: dict, sharding_: NamedSharding) -> dict:
+  """Process-local rows -> global arrays sharded over (data, fsdp)."""
+  return {
+    k: jax.make_array_from_process_local_data(sharding_, np.asarray(v)) for k, v in local.items()
+  }
+
+
+@dataclasses.dataclass
+class Setup:
+  """The pieces of a run, built once (exposed for tests and the benchmark)."""
+
+  mesh: jax.sharding.Mesh
+  graphs: step_lib.TrainGraphs
+  state: step_lib.TrainState
+  shardings: object
+  step_fn: Callable
+
+
+def setup(config: mlc.ConfigDict, *, mesh: jax.sharding.Mesh | None = None) -> Setup:
+  """Builds the mesh, model, VAE, sharded train state and the jitted step."""
+  mesh = mesh or make_mesh(config)
+  with jax.set_mesh(mesh):
+    model = build_model(config)
+    vae = build_vae(config)
+    graphs, state = step_lib.init_train_state(
+      model, vae, config, seed=config.seed, text_embeds=text_embeds(config)
+    )
+    del model, vae
+    shardings = step_lib.state_shardings(state, mesh)
+    state = jax.device_put(state, shardings)
+  bsh = batch_sharding(mesh)
+  step_fn = jax.jit(
+    step_lib.make_train_step(graphs, config),
+    in_shardings=(shardings, bsh),
+    out_shardings=(shardings, None),
+    donate_argnums=0,
+  )
+  return Setup(mesh, graphs, state, shardings, step_fn)
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+
+class _Preemption:
+  """SIGTERM sets a flag the loop polls after each step (main thread only)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+  def agreed(self) -> bool:
+    """True when any process got SIGTERM (all processes must checkpoint together)."""
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    return bool(np.any(flags))
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def _denoiser_cfg(config):
+  return config_lib.denoiser_config(config.model)
+
+
+def train(
+  config: mlc.ConfigDict,
+  workdir: str,
+  *,
+  stop_after: int | None = None,
+  progress: bool = True,
+  built: Setup | None = None,
+) -> TrainResult:
+  """Trains to `config.train.steps` (resuming from `workdir/checkpoints` when present).
+
+  Args:
+    config: the run config (`configs/o2a.py`).
+    workdir: checkpoints, TensorBoard events (`tb/`) and samples (`samples/`) go here.
+    stop_after: stop (with a checkpoint) after this many steps of this call (tests).
+    progress: show the tqdm bar (process 0 only).
+    built: a `setup(config)` result to reuse (tests; its state is consumed).
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  tcfg = config.train
+  primary = jax.process_index() == 0
+  s = built or setup(config)
+  mesh, state, step_fn = s.mesh, s.state, s.step_fn
+  bsh = batch_sharding(mesh)
+  n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.data.global_batch % n_batch:
+    raise ValueError(
+      f"config.data.global_batch = {config.data.global_batch} must be divisible by the mesh's "
+      f"data x fsdp = {n_batch} devices"
+    )
+
+  data = data_iterator(config)
+  ckpts = ckpt_lib.Checkpoints(
+    workdir / "checkpoints", keep=tcfg.keep_checkpoints, async_save=tcfg.async_checkpoint
+  )
+  writer = metrics_lib.Writer(workdir / "tb", enabled=primary)
+  start = ckpts.latest_step()
+  if start is not None:
+    t0 = time.perf_counter()
+    state = ckpts.restore(state, data, step=start)
+    log.info("restored step %d from %s in %.1f s", start, ckpts.directory, time.perf_counter() - t0)
+  start = start or 0
+  if primary and start == 0:
+    writer.text(0, "config", "```\n" + str(config) + "\n```")
+
+  cfg = _denoiser_cfg(config)
+  peak = tcfg.peak_tflops or metrics_lib.peak_tflops()
+  flops_cache: dict = {}
+  history: list[dict] = []
+  reason = "done"
+  it = start
+  window_t, window_n = None, 0
+  bar = tqdm(
+    total=tcfg.steps, initial=start, disable=not (progress and primary), desc="train", unit="step"
+  )
+  try:
+    with _Preemption() as preempt:
+      while it < tcfg.steps:
+        local = next(data)
+        b, f, h, w = check_batch(local)
+        batch = global_batch(local, bsh)
+        state, m = step_fn(state, batch)
+        it += 1
+        m = jax.device_get(m)
+        bad = int(jax.device_get(state.bad_in_row))
+        now = time.perf_counter()
+        if window_t is None:  # the first step compiles; rates start after it
+          window_t, window_n = now, 0
+        else:
+          window_n += 1
+        gb = b * jax.process_count()
+        shape = (gb, f, h, w)
+        if shape not in flops_cache:
+          flops_cache[shape] = metrics_lib.train_step_flops(
+            cfg, batch=gb, frames=f, height=h, width=w, text_len=state.text.shape[1]
+          )
+        rec = {k: float(v) for k, v in m.items()}
+        rec["step"] = it
+        rec["bad_in_row"] = bad
+        if window_n:
+          sps = window_n / (now - window_t)
+          tokens = gb * latent_frames(f) * (h // 16) * (w // 16)
+          rec["steps_per_s"] = sps
+          rec["tokens_per_s"] = sps * tokens
+          if peak:
+            rec["mfu"] = sps * flops_cache[shape] / (jax.device_count() * peak * 1e12)
+        history.append(rec)
+        bar.update(1)
+        if it % tcfg.log_every == 0 or it == tcfg.steps:
+          bar.set_postfix(metrics_lib.postfix(rec))
+          writer.scalars(it, {k: v for k, v in rec.items() if k != "step"})
+          window_t, window_n = now, 0
+        if bad >= tcfg.max_bad_steps:
+          last = ckpts.latest_step()
+          raise TrainingDiverged(
+            f"{bad} non-finite steps in a row (train.max_bad_steps = {tcfg.max_bad_steps}) at "
+            f"step {it}; stopped without saving. The last good checkpoint is step {last} in "
+            f"{ckpts.directory}. Check the data and the learning rate, then resume."
+          )
+        if tcfg.sample_every and it % tcfg.sample_every == 0:
+          write_samples(config, s.graphs, state, local, workdir / "samples", it)
+        stop = stop_after is not None and it - start >= stop_after
+        if preempt.agreed():
+          reason = "preempted"
+        elif stop:
+          reason = "stopped"
+        if reason != "done" or (bad == 0 and (it % tcfg.ckpt_every == 0 or it == tcfg.steps)):
+          ckpts.save(it, state, data, config=config, force=True)
+        if reason != "done":
+          break
+    ckpts.wait()
+  finally:
+    bar.close()
+    writer.close()
+    ckpts.close()
+  return TrainResult(it, state, s.graphs, reason, history)
+
+
+def write_samples(config, graphs, state, local: dict, folder: pathlib.Path, step: int) -> None:
+  """A cheap preview: the first sample of the batch denoised in a few steps, as an MP4."""
+  from flax import nnx
+
+  from o2a_jax import pipeline, video_io
+
+  model = step_lib.merge_model(graphs, state)
+  vae = nnx.merge(graphs.vae, state.vae)
+  f, h, w = local["video"].shape[1:4]
+  cfg = model.cfg
+  key = jax.random.key(step)
+  noise = jax.random.normal(key, (latent_frames(f), h // 8, w // 8, cfg.in_channels))
+  text = state.text[0]
+  ref = np.asarray(local["ref_image"][0, 0])
+  frames = pipeline.generate_chunk(
+    model,
+    vae,
+    video_io.to_uint8(ref[None])[0],
+    np.asarray(local["ref_mask"][0, 0, ..., 0]),
+    np.asarray(local["pose_video"][0]),
+    np.asarray(local["ref_pose"][0]),
+    text,
+    text,
+    noise,
+    steps=config.train.sample_steps,
+  )
+  if jax.process_index() == 0:
+    folder.mkdir(parents=True, exist_ok=True)
+    video_io.write_video(folder / f"step_{step:07d}.mp4", video_io.to_uint8(np.asarray(frames)))
