@@ -272,3 +272,79 @@ def test_clipping_is_applied_before_adam():
   _, opt_state = tx.update({"w": jnp.array([30.0, 40.0, 0.0])}, tx.init(p), p)
   mu = [s.mu for s in opt_state if hasattr(s, "mu")][0]
   np.testing.assert_allclose(mu["w"], [3.0, 4.0, 0.0], rtol=1e-6)
+
+
+# --- stage initialisation (spec §7.12) on tiny shapes with a synthetic T2V state dict ---------
+
+
+# A Wan2.1-T2V transformer has the backbone keys only (no HRFA, extractor or pose branch).
+T2V_ABSENT = (
+  r"^(blocks\.\d+\.attn1\.(add_k_proj|add_v_proj|norm_added_k)\.|refextractor\.|"
+  r"input_hint_block\.|controlnet|image_to_cond\.)"
+)
+
+
+@pytest.fixture(scope="module")
+def inits():
+  from o2a_jax.convert import official_state_dict
+  from o2a_jax.model.denoiser import build_denoiser
+  from o2a_jax.train import init
+
+  cfg = preset("tiny")
+  donor = official_state_dict(build_denoiser(cfg, seed=1))
+  t2v = {k: v for k, v in donor.items() if not re.match(T2V_ABSENT, k)}
+  sd1 = official_state_dict(init.stage1_from_t2v(t2v, cfg, seed=0))
+  sd2 = official_state_dict(init.stage2_from_stage1(sd1, cfg, seed=0))
+  sd3 = official_state_dict(init.from_checkpoint(sd2, cfg))
+  return cfg, t2v, sd1, sd2, sd3
+
+
+def test_stage1_from_t2v(inits):
+  cfg, t2v, sd1, _, _ = inits
+  assert set(sd1) == set(official_shapes(cfg.stage1()))
+  for k, v in t2v.items():
+    np.testing.assert_array_equal(sd1[k], v)
+  n_copied = 0
+  for k, v in sd1.items():
+    if k.startswith("refextractor.ref_blocks."):
+      assert not v.any(), k
+    elif k == "refextractor.patch_embedding.weight":
+      np.testing.assert_array_equal(v[:, :16], t2v["patch_embedding.weight"])
+      assert not v[:, 16:].any()
+    elif k.startswith("refextractor."):
+      np.testing.assert_array_equal(v, t2v[k[len("refextractor.") :]])
+      n_copied += 1
+    elif "norm_added_k" in k:
+      np.testing.assert_array_equal(v, 1.0)
+    elif re.search(r"add_[kv]_proj\.(weight|bias)$", k):
+      bound = 1 / np.sqrt(cfg.dim)
+      assert v.std() > 0.1 * bound and np.abs(v).max() <= bound * 1.0001, k
+  assert n_copied == 1 + 6 + 2 * 15  # patch bias, time embedder + proj, 2 blocks x 15 tensors
+
+
+def test_stage2_from_stage1_and_stage3(inits):
+  cfg, _, sd1, sd2, sd3 = inits
+  assert set(sd2) == set(official_shapes(cfg))
+  for k, v in sd1.items():
+    np.testing.assert_array_equal(sd2[k], v)
+  for k, v in sd2.items():
+    if k.startswith("controlnet.blocks."):
+      np.testing.assert_array_equal(v, sd1[k[len("controlnet.") :]])
+    if re.match(r"^(controlnet_zero\.|input_hint_block\.conv_out\.|image_to_cond\.conv_out\.)", k):
+      assert not v.any(), k
+  for k, v in sd2.items():
+    np.testing.assert_array_equal(sd3[k], v)
+
+
+def test_init_rejects_wrong_sources(inits):
+  from o2a_jax.train import init
+
+  cfg, t2v, sd1, _, _ = inits
+  with pytest.raises(ValueError, match="missing.*blocks.0.ffn"):
+    init.stage1_from_t2v({k: v for k, v in t2v.items() if k != "blocks.0.ffn.net.2.bias"}, cfg)
+  with pytest.raises(ValueError, match="unexpected.*extra"):
+    init.stage1_from_t2v({**t2v, "extra.weight": np.zeros(1)}, cfg)
+  bad = dict(sd1)
+  bad["proj_out.bias"] = np.zeros(3, np.float32)
+  with pytest.raises(ValueError, match="proj_out.bias"):
+    init.stage2_from_stage1(bad, cfg)

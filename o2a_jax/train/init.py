@@ -1,0 +1,204 @@
+"""Initialisation of each training stage (spec §7.12; T1:440-443, T2:440-566).
+
+Every initialiser builds the model with its default (PyTorch-like) random init and then fills
+parameters by official key name, strictly: a key the source should provide but lacks, a key it
+has that the target does not know, or a shape mismatch raises ValueError naming them.
+
+  stage1_from_t2v(t2v, cfg)     Wan2.1-T2V transformer (diffusers layout) -> stage-1 model
+                                (`cfg.stage1()`): backbone loaded; HRFA `add_k_proj`/`add_v_proj`
+                                keep a default init (PyTorch's, biases included),
+                                `norm_added_k` = 1; the extractor is
+                                copied from the backbone (block k <- block k, time embedder and
+                                projection, patch embedding with 16 zero mask channels); the
+                                extractor output projections (`ref_blocks`) stay zero.
+  stage2_from_stage1(ckpt, cfg) stage-1 checkpoint -> full model: everything of stage 1 loaded;
+                                pose blocks copied from backbone blocks 0..P-1; `controlnet_zero`
+                                and the conv_outs of the pose encoder and prefix encoder zero; the
+                                rest of the pose encoder and prefix encoder default init.
+  from_checkpoint(ckpt, cfg)    stage 2 -> stage 3, or a released One-to-All checkpoint for
+                                fine-tuning: every key loaded, strictly.
+
+Sources (`t2v`, `ckpt`) are a path (safetensors file or folder of shards) or a mapping from
+official key to a PyTorch-layout array (e.g. `official_state_dict(model)`). The model is built on
+the host and filled one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from o2a_jax.convert import official_layout as layout
+from o2a_jax.convert import safetensors_io as sio
+from o2a_jax.model.config import DenoiserConfig
+from o2a_jax.model.denoiser import Denoiser, build_denoiser
+
+# Keys a Wan2.1-T2V transformer lacks in the stage-1 model: the HRFA projections (default init)
+# and the whole reference extractor (copied from the backbone below).
+_NOT_IN_T2V = re.compile(
+  r"^(blocks\.\d+\.attn1\.(add_k_proj|add_v_proj|norm_added_k)\.|refextractor\.)"
+)
+# Modules a stage-1 checkpoint lacks in the full model.
+_NEW_IN_STAGE2 = re.compile(r"^(input_hint_block|controlnet|controlnet_zero|image_to_cond)\.")
+# Zero-initialised projections of stage 2 (spec §7.12).
+_ZERO_IN_STAGE2 = re.compile(
+  r"^(controlnet_zero\.\d+|input_hint_block\.conv_out\.conv|image_to_cond\.conv_out)\.(weight|bias)$"
+)
+_MASK_CHANNELS = "refextractor.patch_embedding.weight"
+
+
+@contextlib.contextmanager
+def _open(source) -> Iterator[Mapping[str, np.ndarray]]:
+  if isinstance(source, (str, os.PathLike)):
+    with sio.TensorSource(source) as src:
+      yield src
+  elif isinstance(source, Mapping):
+    yield source
+  else:
+    raise ValueError(
+      f"checkpoint source must be a safetensors path or a key -> array mapping, got {type(source)}"
+    )
+
+
+def _named(keys, what: str, limit: int = 8) -> str:
+  keys = sorted(keys)
+  more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+  return f"{what}: {keys[:limit]}{more}"
+
+
+class _Filler:
+  """Writes official-layout tensors into a model's parameters by official key."""
+
+  def __init__(self, model: Denoiser):
+    self.model = model
+    self.state = nnx.state(model, nnx.Param)
+    self.vars = {".".join(map(str, p)): v for p, v in self.state.flat_state()}
+    shapes = {p: tuple(v.get_value().shape) for p, v in self.vars.items()}
+    self.entries = {e.key: e for e in layout.entries(shapes)}
+    self.shapes = {k: layout.torch_shape(e, shapes[e.path]) for k, e in self.entries.items()}
+    self.buffers: dict[str, np.ndarray] = {}
+    self.filled: set[str] = set()
+
+  def _buffer(self, path: str) -> np.ndarray:
+    if path not in self.buffers:
+      self.buffers[path] = np.array(self.vars[path].get_value())
+    return self.buffers[path]
+
+  def set(self, key: str, value: np.ndarray) -> None:
+    if key not in self.entries:
+      raise ValueError(f"the model has no parameter {key!r}")
+    if tuple(value.shape) != self.shapes[key]:
+      raise ValueError(
+        f"{key!r} has shape {tuple(value.shape)}; the model needs {self.shapes[key]}"
+      )
+    e = self.entries[key]
+    buf = self._buffer(e.path)
+    t = layout.to_ours(e, np.asarray(value), self.model.cfg.head_dim).astype(buf.dtype)
+    if e.layer is None:
+      buf[...] = t
+    else:
+      buf[e.layer] = t
+    self.filled.add(key)
+
+  def get(self, key: str) -> np.ndarray:
+    """The current value of `key` in official layout (after any `set`)."""
+    e = self.entries[key]
+    buf = self._buffer(e.path)
+    return layout.to_official(e, buf if e.layer is None else buf[e.layer], self.model.cfg.head_dim)
+
+  def load(self, src: Mapping[str, np.ndarray], keys) -> None:
+    for k in keys:
+      self.set(k, np.asarray(src[k]))
+
+  def finish(self) -> Denoiser:
+    for path, buf in self.buffers.items():
+      self.vars[path].set_value(jnp.asarray(buf))
+    nnx.update(self.model, self.state)
+    return self.model
+
+
+def _expect(src_keys, want, what: str) -> None:
+  src_keys, want = set(src_keys), set(want)
+  missing, unexpected = want - src_keys, src_keys - want
+  if missing or unexpected:
+    parts = []
+    if missing:
+      parts.append(_named(missing, "missing"))
+    if unexpected:
+      parts.append(_named(unexpected, "unexpected"))
+    raise ValueError(f"{what}: " + "; ".join(parts))
+
+
+def _copy_extractor_from_backbone(f: _Filler) -> None:
+  """Official `init_from_transformer` for `refextractor` (strict=False load of backbone keys)."""
+  for key in f.entries:
+    if not key.startswith("refextractor.") or key.startswith("refextractor.ref_blocks."):
+      continue
+    base = key[len("refextractor.") :]
+    if key == _MASK_CHANNELS:
+      w = f.get("patch_embedding.weight")  # (D, 16, 1, p, p): + 16 zero mask channels
+      f.set(key, np.concatenate([w, np.zeros_like(w)], axis=1))
+    elif base in f.entries:
+      f.set(key, f.get(base))
+    else:
+      raise ValueError(f"extractor parameter {key!r} has no backbone counterpart {base!r}")
+
+
+def stage1_from_t2v(t2v, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
+  """The stage-1 model (`cfg` or `cfg.stage1()`) initialised from a Wan2.1-T2V transformer."""
+  cfg = cfg.stage1()
+  model = build_denoiser(cfg, seed=seed)
+  f = _Filler(model)
+  want = [k for k in f.entries if not _NOT_IN_T2V.match(k)]
+  with _open(t2v) as src:
+    _expect(src.keys(), want, "Wan2.1-T2V transformer (diffusers layout)")
+    f.load(src, want)
+  rng = np.random.default_rng(seed)
+  for k in f.entries:
+    if k.startswith("refextractor.ref_blocks."):
+      f.set(k, np.zeros(f.shapes[k], np.float32))
+    elif re.search(r"\.attn1\.norm_added_k\.weight$", k):
+      f.set(k, np.ones(f.shapes[k], np.float32))
+    elif re.search(r"\.attn1\.add_[kv]_proj\.bias$", k):
+      # nn.Linear's default bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (our layers init biases to 0).
+      bound = 1.0 / np.sqrt(f.shapes[k.replace(".bias", ".weight")][1])
+      f.set(k, rng.uniform(-bound, bound, f.shapes[k]).astype(np.float32))
+  _copy_extractor_from_backbone(f)
+  return f.finish()
+
+
+def stage2_from_stage1(ckpt, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
+  """The full model (stages 2/3) initialised from a stage-1 checkpoint (spec §7.12)."""
+  if not (cfg.prefix_frame and cfg.pose_branch):
+    raise ValueError("stage 2 needs the full model config (prefix_frame and pose_branch True)")
+  model = build_denoiser(cfg, seed=seed)
+  f = _Filler(model)
+  want = [k for k in f.entries if not _NEW_IN_STAGE2.match(k)]
+  with _open(ckpt) as src:
+    _expect(src.keys(), want, "stage-1 checkpoint")
+    f.load(src, want)
+  for key in f.entries:
+    m = re.match(r"^controlnet\.(blocks\.\d+\..*)$", key)
+    if m:  # official: controlnet.load_state_dict(backbone keys, strict=False)
+      if m.group(1) not in f.entries:
+        raise ValueError(f"pose parameter {key!r} has no backbone counterpart {m.group(1)!r}")
+      f.set(key, f.get(m.group(1)))
+    elif _ZERO_IN_STAGE2.match(key):
+      f.set(key, np.zeros(f.shapes[key], np.float32))
+  return f.finish()
+
+
+def from_checkpoint(ckpt, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
+  """Every parameter from `ckpt` (stage 2 -> 3, or a released One-to-All checkpoint)."""
+  model = build_denoiser(cfg, seed=seed)
+  f = _Filler(model)
+  with _open(ckpt) as src:
+    _expect(src.keys(), f.entries, "checkpoint")
+    f.load(src, list(f.entries))
+  return f.finish()
