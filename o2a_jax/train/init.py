@@ -20,7 +20,9 @@ has that the target does not know, or a shape mismatch raises ValueError naming 
 
 Sources (`t2v`, `ckpt`) are a path (safetensors file or folder of shards) or a mapping from
 official key to a PyTorch-layout array (e.g. `official_state_dict(model)`). The model is built on
-the host and filled one tensor at a time.
+the host from an abstract model (nothing is randomly initialised and then overwritten): loaded
+tensors are copied, new ones get PyTorch's default init as the official `from_config` models
+have it, the zero projections zeros. Host memory holds one float32 copy of the model.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from flax import nnx
 
 from o2a_jax.convert import official_layout as layout
 from o2a_jax.convert import safetensors_io as sio
+from o2a_jax.convert.official import abstract_model
 from o2a_jax.model.config import DenoiserConfig
-from o2a_jax.model.denoiser import Denoiser, build_denoiser
+from o2a_jax.model.denoiser import Denoiser
 
 # Keys a Wan2.1-T2V transformer lacks in the stage-1 model: the HRFA projections (default init)
 # and the whole reference extractor (copied from the backbone below).
@@ -72,34 +75,41 @@ def _named(keys, what: str, limit: int = 8) -> str:
   return f"{what}: {keys[:limit]}{more}"
 
 
-class _Filler:
-  """Writes official-layout tensors into a model's parameters by official key."""
+def torch_default(key: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+  """PyTorch's default init of an official tensor: norm weights 1 and biases 0; Linear and Conv
+  weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5))."""
+  if re.search(r"norm[^.]*\.weight$", key):
+    return np.ones(shape, np.float32)
+  if re.search(r"norm[^.]*\.bias$", key):
+    return np.zeros(shape, np.float32)
+  if len(shape) < 2 and not key.endswith(".bias"):
+    raise ValueError(f"no PyTorch default init known for {key!r} {shape}")
+  return rng.uniform(-1.0, 1.0, shape).astype(np.float32)  # scaled by the caller
 
-  def __init__(self, model: Denoiser):
-    self.model = model
-    self.state = nnx.state(model, nnx.Param)
+
+class _Filler:
+  """Fills an abstract model's parameters by official key; every key must be set exactly once."""
+
+  def __init__(self, cfg: DenoiserConfig, seed: int):
+    self.cfg = cfg
+    self.rng = np.random.default_rng(seed)
+    self.graphdef, self.state = nnx.split(abstract_model(cfg))
     self.vars = {".".join(map(str, p)): v for p, v in self.state.flat_state()}
     shapes = {p: tuple(v.get_value().shape) for p, v in self.vars.items()}
     self.entries = {e.key: e for e in layout.entries(shapes)}
     self.shapes = {k: layout.torch_shape(e, shapes[e.path]) for k, e in self.entries.items()}
-    self.buffers: dict[str, np.ndarray] = {}
+    self.buffers = {p: np.zeros(shape, np.float32) for p, shape in shapes.items()}
     self.filled: set[str] = set()
-
-  def _buffer(self, path: str) -> np.ndarray:
-    if path not in self.buffers:
-      self.buffers[path] = np.array(self.vars[path].get_value())
-    return self.buffers[path]
 
   def set(self, key: str, value: np.ndarray) -> None:
     if key not in self.entries:
       raise ValueError(f"the model has no parameter {key!r}")
     if tuple(value.shape) != self.shapes[key]:
-      raise ValueError(
-        f"{key!r} has shape {tuple(value.shape)}; the model needs {self.shapes[key]}"
-      )
+      shape, need = tuple(value.shape), self.shapes[key]
+      raise ValueError(f"{key!r} has shape {shape}; the model needs {need}")
     e = self.entries[key]
-    buf = self._buffer(e.path)
-    t = layout.to_ours(e, np.asarray(value), self.model.cfg.head_dim).astype(buf.dtype)
+    buf = self.buffers[e.path]
+    t = layout.to_ours(e, np.asarray(value), self.cfg.head_dim)
     if e.layer is None:
       buf[...] = t
     else:
@@ -107,20 +117,37 @@ class _Filler:
     self.filled.add(key)
 
   def get(self, key: str) -> np.ndarray:
-    """The current value of `key` in official layout (after any `set`)."""
+    """The value set for `key`, in official layout."""
+    if key not in self.filled:
+      raise ValueError(f"{key!r} has not been initialised yet")
     e = self.entries[key]
-    buf = self._buffer(e.path)
-    return layout.to_official(e, buf if e.layer is None else buf[e.layer], self.model.cfg.head_dim)
+    buf = self.buffers[e.path]
+    return layout.to_official(e, buf if e.layer is None else buf[e.layer], self.cfg.head_dim)
 
   def load(self, src: Mapping[str, np.ndarray], keys) -> None:
     for k in keys:
-      self.set(k, np.asarray(src[k]))
+      self.set(k, np.asarray(src[k], np.float32))
+
+  def zero(self, key: str) -> None:
+    self.set(key, np.zeros(self.shapes[key], np.float32))
+
+  def default(self, key: str) -> None:
+    """PyTorch's default init (fan-in from the layer's weight)."""
+    shape = self.shapes[key]
+    value = torch_default(key, shape, self.rng)
+    if not re.search(r"norm[^.]*\.(weight|bias)$", key):
+      weight = self.shapes[re.sub(r"\.bias$", ".weight", key)]
+      value *= 1.0 / np.sqrt(int(np.prod(weight[1:])))
+    self.set(key, value)
 
   def finish(self) -> Denoiser:
+    unset = set(self.entries) - self.filled
+    if unset:
+      raise ValueError(_named(unset, "internal error: parameters left uninitialised"))
+    dtype = np.dtype(self.cfg.params_dtype)
     for path, buf in self.buffers.items():
-      self.vars[path].set_value(jnp.asarray(buf))
-    nnx.update(self.model, self.state)
-    return self.model
+      self.vars[path].set_value(jnp.asarray(buf.astype(dtype)))
+    return nnx.merge(self.graphdef, self.state)
 
 
 def _expect(src_keys, want, what: str) -> None:
@@ -151,24 +178,17 @@ def _copy_extractor_from_backbone(f: _Filler) -> None:
 
 
 def stage1_from_t2v(t2v, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
-  """The stage-1 model (`cfg` or `cfg.stage1()`) initialised from a Wan2.1-T2V transformer."""
-  cfg = cfg.stage1()
-  model = build_denoiser(cfg, seed=seed)
-  f = _Filler(model)
+  """The stage-1 model (`cfg.stage1()`) initialised from a Wan2.1-T2V transformer."""
+  f = _Filler(cfg.stage1(), seed)
   want = [k for k in f.entries if not _NOT_IN_T2V.match(k)]
   with _open(t2v) as src:
     _expect(src.keys(), want, "Wan2.1-T2V transformer (diffusers layout)")
     f.load(src, want)
-  rng = np.random.default_rng(seed)
   for k in f.entries:
     if k.startswith("refextractor.ref_blocks."):
-      f.set(k, np.zeros(f.shapes[k], np.float32))
-    elif re.search(r"\.attn1\.norm_added_k\.weight$", k):
-      f.set(k, np.ones(f.shapes[k], np.float32))
-    elif re.search(r"\.attn1\.add_[kv]_proj\.bias$", k):
-      # nn.Linear's default bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (our layers init biases to 0).
-      bound = 1.0 / np.sqrt(f.shapes[k.replace(".bias", ".weight")][1])
-      f.set(k, rng.uniform(-bound, bound, f.shapes[k]).astype(np.float32))
+      f.zero(k)
+    elif re.search(r"\.attn1\.(add_k_proj|add_v_proj|norm_added_k)\.", k):
+      f.default(k)  # norm_added_k = 1; K/V projections PyTorch-default random
   _copy_extractor_from_backbone(f)
   return f.finish()
 
@@ -177,8 +197,7 @@ def stage2_from_stage1(ckpt, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
   """The full model (stages 2/3) initialised from a stage-1 checkpoint (spec §7.12)."""
   if not (cfg.prefix_frame and cfg.pose_branch):
     raise ValueError("stage 2 needs the full model config (prefix_frame and pose_branch True)")
-  model = build_denoiser(cfg, seed=seed)
-  f = _Filler(model)
+  f = _Filler(cfg, seed)
   want = [k for k in f.entries if not _NEW_IN_STAGE2.match(k)]
   with _open(ckpt) as src:
     _expect(src.keys(), want, "stage-1 checkpoint")
@@ -190,14 +209,15 @@ def stage2_from_stage1(ckpt, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
         raise ValueError(f"pose parameter {key!r} has no backbone counterpart {m.group(1)!r}")
       f.set(key, f.get(m.group(1)))
     elif _ZERO_IN_STAGE2.match(key):
-      f.set(key, np.zeros(f.shapes[key], np.float32))
+      f.zero(key)
+    elif _NEW_IN_STAGE2.match(key):
+      f.default(key)  # the rest of the pose encoder and the prefix encoder
   return f.finish()
 
 
-def from_checkpoint(ckpt, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
+def from_checkpoint(ckpt, cfg: DenoiserConfig) -> Denoiser:
   """Every parameter from `ckpt` (stage 2 -> 3, or a released One-to-All checkpoint)."""
-  model = build_denoiser(cfg, seed=seed)
-  f = _Filler(model)
+  f = _Filler(cfg, 0)
   with _open(ckpt) as src:
     _expect(src.keys(), f.entries, "checkpoint")
     f.load(src, list(f.entries))
