@@ -29,6 +29,7 @@ one: Grain restores into a different worker count silently wrongly (jax_stack.md
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 from collections import OrderedDict
@@ -370,9 +371,21 @@ def train_iterator(data_config, *, process_index: int = 0, process_count: int = 
   )
 
 
+class _StateSnapshot:
+  """The iterator state taken when the save was requested (JSON bytes, as Grain's handler wants
+  from a non-DatasetIterator): async Orbax saves run the handler later, when the live iterator
+  has already moved on."""
+
+  def __init__(self, state: dict):
+    self._bytes = json.dumps(state).encode()
+
+  def get_state(self) -> bytes:
+    return self._bytes
+
+
 def checkpoint_save_args(iterator: TrainIterator):
-  """Orbax `args` item that saves the iterator state (`grain.checkpoint.CheckpointSave`)."""
-  return grain.checkpoint.CheckpointSave(iterator)
+  """Orbax `args` item that saves the iterator state as of this call (`CheckpointSave`)."""
+  return grain.checkpoint.CheckpointSave(_StateSnapshot(iterator.get_state()))
 
 
 def checkpoint_restore_args(iterator: TrainIterator):

@@ -114,9 +114,10 @@ def test_exact_resume_from_state_and_orbax(dataset, tmp_path):
   _take(it, 2)
   state = json.loads(json.dumps(it.get_state()))
   mngr = ocp.CheckpointManager(tmp_path / "ckpt")
-  mngr.save(2, args=ocp.args.Composite(data=checkpoint_save_args(it)))
-  mngr.wait_until_finished()
+  save_args = checkpoint_save_args(it)  # a snapshot: the iterator may move on before the save
   expected = _take(it, 2)
+  mngr.save(2, args=ocp.args.Composite(data=save_args))
+  mngr.wait_until_finished()
 
   fresh = train_iterator(cfg)
   fresh.set_state(state)
