@@ -47,6 +47,9 @@ _HEAD_JOINTS = (0, 14, 15, 16, 17)
 _DIMMED = -2
 
 
+_DIM_LUT = (np.arange(256) * 0.6).astype(np.uint8)  # x -> uint8(float64(x) * 0.6)
+
+
 def stick_width(width: int, height: int, base: int) -> int:
   """The official line width for a canvas of this size (`get_stickwidth`, DU:36-51)."""
   side = max(width, height)
@@ -92,8 +95,9 @@ def _draw_body(canvas: np.ndarray, candidate, subset, score) -> np.ndarray:
       )
       cv2.fillConvexPoly(canvas, polygon, _blend(COLORS[i], alpha))
 
-  # Limbs are dimmed before the joints are drawn on top (float64 product, truncated back to uint8).
-  canvas = (canvas * 0.6).astype(np.uint8)
+  # Limbs are dimmed before the joints are drawn on top: the official float64 product truncated
+  # back to uint8, as a 256-entry lookup table (bit-identical, ~4x faster on 2160p canvases).
+  canvas = cv2.LUT(canvas, _DIM_LUT)
 
   for i in range(18):
     for n in range(len(subset)):
