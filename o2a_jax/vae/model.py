@@ -64,17 +64,33 @@ LATENTS_STD = (
 )
 
 
-def normalize(mean: jax.Array) -> jax.Array:
-  """Posterior mean (..., 16) -> the normalised latents the denoiser sees: (mean - mu) / sigma."""
-  mu = jnp.asarray(LATENTS_MEAN, jnp.float32)
-  sigma = jnp.asarray(LATENTS_STD, jnp.float32)
+def _stats(latents_mean, latents_std, z: int) -> tuple[jax.Array, jax.Array]:
+  mu = jnp.asarray(latents_mean, jnp.float32)
+  sigma = jnp.asarray(latents_std, jnp.float32)
+  if mu.shape != (z,) or sigma.shape != (z,):
+    raise ValueError(
+      f"latents_mean/latents_std must have one entry per latent channel ({z}), got shapes "
+      f"{mu.shape} and {sigma.shape}"
+    )
+  return mu, sigma
+
+
+def normalize(mean: jax.Array, *, latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD) -> jax.Array:
+  """Posterior mean (..., 16) -> the normalised latents the denoiser sees: (mean - mu) / sigma.
+
+  `latents_mean`/`latents_std`: per-channel statistics; the Wan2.1 constants by default, a trained
+  VAE's own ones otherwise (its config.json `latents_mean`/`latents_std`,
+  `o2a_jax.vae.train.read_latent_stats`).
+  """
+  mu, sigma = _stats(latents_mean, latents_std, mean.shape[-1])
   return ((mean.astype(jnp.float32) - mu) / sigma).astype(mean.dtype)
 
 
-def denormalize(latents: jax.Array) -> jax.Array:
-  """Normalised latents (..., 16) -> VAE latents: z * sigma + mu."""
-  mu = jnp.asarray(LATENTS_MEAN, jnp.float32)
-  sigma = jnp.asarray(LATENTS_STD, jnp.float32)
+def denormalize(
+  latents: jax.Array, *, latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD
+) -> jax.Array:
+  """Normalised latents (..., 16) -> VAE latents: z * sigma + mu (statistics as `normalize`)."""
+  mu, sigma = _stats(latents_mean, latents_std, latents.shape[-1])
   return (latents.astype(jnp.float32) * sigma + mu).astype(latents.dtype)
 
 
