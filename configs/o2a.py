@@ -114,9 +114,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
 
   # --- training -------------------------------------------------------------------------------
   c.train = mlc.ConfigDict()
-  c.train.steps = 200 if variant == "tiny" else 1_000_000  # the official run gives no count
-  c.train.log_every = 10  # TensorBoard scalars and the progress-bar figures
-  c.train.ckpt_every = 100 if variant == "tiny" else 1000  # official: 1000 (14B stage 1: 500)
+  c.train.steps = 60 if variant == "tiny" else 1_000_000  # the official run gives no count
+  c.train.log_every = 5 if variant == "tiny" else 10  # TensorBoard and progress-bar figures
+  c.train.ckpt_every = 20 if variant == "tiny" else 1000  # official: 1000 (14B stage 1: 500)
   c.train.keep_checkpoints = 2  # official: keep 2
   c.train.async_checkpoint = True
   c.train.sample_every = 0  # sample videos to workdir/samples every N steps; 0 = never
@@ -161,9 +161,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.source = "synthetic"
   if variant == "tiny":
     c.data.frames = 5  # 2 latent frames: enough for TokenReplace, tiny on a CPU
+    c.data.global_batch = 2
 
   from o2a_jax.train import optim, step
 
   c.loss = step.default_loss_config(arg.stage)
   c.optim = optim.default_optim_config()
+  if variant == "tiny":
+    c.optim.lr = 1e-3  # a visible loss drop within the short smoke run
+    c.optim.warmup_steps = 0
   return c
