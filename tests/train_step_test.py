@@ -415,3 +415,23 @@ def test_sharded_and_bf16_steps(fixtures_dir, setup):
   s16b, m16 = jax.jit(step.make_train_step(g16, config))(s16, batch)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(s16b.opt_state) if x.ndim)
   assert abs(float(m16["loss"]) - float(ref["loss"])) < 0.05 * float(ref["loss"])
+
+
+@pytest.mark.slow
+def test_stage1_train_step(fixtures_dir, inits):
+  """Stage 1 trains the model without prefix frame and pose branch; only its trainable set moves."""
+  *_, stage1 = inits
+  config = make_config()
+  config.stage = 1
+  config.loss = step.default_loss_config(1)
+  vae = load_vae(fixtures_dir / "vae_tiny")
+  text = np.zeros((3, stage1.cfg.text_dim), np.float32)
+  graphs, state = step.init_train_state(stage1, vae, config, seed=0, text_embeds=text)
+  keys = {".".join(map(str, p)) for p, _ in state.params.flat_state()}
+  assert "blocks.attn1.add_k_proj.kernel" in keys and "blocks.attn1.to_q.kernel" not in keys
+  new, metrics = jax.jit(step.make_train_step(graphs, config))(state, make_batch())
+  assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
+  assert int(new.step) == 1
+  with pytest.raises(ValueError, match="stage 2 needs the full model"):
+    config.stage = 2
+    step.init_train_state(stage1, vae, config, seed=0, text_embeds=text)

@@ -215,8 +215,11 @@ def stage2_from_stage1(ckpt, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
   return f.finish()
 
 
-def from_checkpoint(ckpt, cfg: DenoiserConfig) -> Denoiser:
-  """Every parameter from `ckpt` (stage 2 -> 3, or a released One-to-All checkpoint)."""
+def from_checkpoint(ckpt, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
+  """Every parameter from `ckpt` (stage 2 -> 3, or a released One-to-All checkpoint).
+
+  `seed` is accepted for a uniform signature; nothing is random here."""
+  del seed
   f = _Filler(cfg, 0)
   with _open(ckpt) as src:
     _expect(src.keys(), f.entries, "checkpoint")
