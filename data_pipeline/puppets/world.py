@@ -1,0 +1,491 @@
+"""Writing a puppet world in the official on-disk training layout (spec §7.2), plus ground truth.
+
+Layout of `OUT/` (paths inside the CSVs are relative to `OUT/`, the folder holding the CSV):
+
+    world.json                 generator settings (seed, counts, size, fps) and the file list
+    train.csv                  video rows and image-group rows (the official combined CSV columns)
+    heldout.csv                the held-out split: other puppets (never in train.csv), same columns
+    videos/vNNNNN.mp4          H.264 clip, 4:4:4 chroma (`write_mp4_444`, read by `read_video`)
+    videos/vNNNNN_pose.npy     one DWPose-style dict per frame (`np.save` of a list, as officially)
+    images/iNNNNN.png          image-pair sources and targets
+    images/iNNNNN_pose.npy     a list holding the image's one pose dict (`<stem>_pose.npy`)
+    gt/vNNNNN.npz, gt/iNNNNN.npz   lossless ground truth: `frames` uint8 (N,H,W,3), `kp133`
+                               float32 (N,133,3) pixel keypoints + scores, `labels` uint8 (N,H,W)
+                               part labels (`draw.PART_NAMES`), `meta` (JSON: puppet, motion,
+                               framing, background, fps); held-out videos also hold `ref_frame`
+                               (H,W,3), `ref_kp133` (133,3) and `ref_labels`: a misaligned reference
+                               (same puppet, another framing and pose) for evaluation.
+
+Video rows: `path, pose_path, height, width, fps, num_frames, start_frame, end_frame, all_ocr_bbox`
+(one empty box list per frame: puppets carry no text), `train_start_index` (empty: no list),
+`refimg_index` (the frames whose face is visible, as a list), `qwen_caption`.
+Image-group rows: `path = image_NNNNN`, `img_pairs` (list of `{src_path, tgt_path, tgt_pose_path,
+qwen_caption, text}`, the source pose being `<src stem>_pose.npy`), `height, width, aspect_ratio`
+(height / width, two decimals), `resolution` (height * width), `num_frames = 1`; images are grouped
+as `datasets/prepare_training_data.py` does (one group per 6 video rows). List cells are JSON, which
+is also a Python literal. Every image pair is a misaligned reference pair: the source is the
+same puppet in another pose with another framing (full body, half body or close-up, another scale
+and offset).
+
+Everything is a function of the world seed: item k of kind c draws from
+`np.random.default_rng([seed, c, k])`, so items do not depend on each other or on the counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+
+from data_pipeline.puppets import draw as D
+from data_pipeline.puppets import skeleton as S
+from data_pipeline.puppets.motion import MOTIONS, make_motion, still
+from data_pipeline.puppets.spec import Background, Framing, PuppetSpec
+
+VIDEO_COLUMNS = (
+  "path", "pose_path", "height", "width", "fps", "num_frames", "start_frame", "end_frame",
+  "all_ocr_bbox", "train_start_index", "refimg_index", "qwen_caption",
+)  # fmt: skip
+IMAGE_COLUMNS = ("img_pairs", "aspect_ratio", "resolution")
+COLUMNS = VIDEO_COLUMNS + IMAGE_COLUMNS
+
+# Kinds of random streams (the second entry of every seed sequence).
+_PUPPET, _VIDEO, _IMAGE, _HELD_PUPPET, _HELD_VIDEO = 1, 2, 3, 4, 5
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+  seed: int = 0
+  videos: int = 64  # training clips
+  images: int = 32  # training image pairs
+  heldout: int = 8  # held-out clips (held-out puppets), each with a misaligned reference
+  height: int = 64
+  width: int = 64
+  frames: int = 48
+  heldout_frames: int = 0  # frames of the held-out clips; 0 = `frames` (longer: two-chunk tests)
+  fps: float = 16.0
+  puppets: int = 0  # training identities; 0 = max(2, videos // 4)
+  heldout_puppets: int = 0  # 0 = max(1, heldout // 2)
+  supersample: int = 4
+  quality: int = 12  # x264 CRF of the MP4 files
+
+  def __post_init__(self):
+    for name in ("videos", "images", "heldout", "puppets", "heldout_puppets"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"world: {name} must be >= 0, got {getattr(self, name)}")
+    if self.height < 16 or self.width < 16 or self.height % 16 or self.width % 16:
+      raise ValueError(
+        f"world: height and width must be multiples of 16 (the training bucket grid), "
+        f"got {self.height}x{self.width}"
+      )
+    if self.frames < 5 or self.fps <= 0 or (self.heldout_frames and self.heldout_frames < 5):
+      raise ValueError(
+        f"world: need frames >= 5 (and heldout_frames 0 or >= 5) and fps > 0, got "
+        f"{self.frames}, {self.heldout_frames}, {self.fps}"
+      )
+
+  @property
+  def n_puppets(self) -> int:
+    return self.puppets or max(2, self.videos // 4)
+
+  @property
+  def n_heldout_puppets(self) -> int:
+    return self.heldout_puppets or max(1, self.heldout // 2)
+
+
+def _rng(cfg: WorldConfig, kind: int, k: int) -> np.random.Generator:
+  return np.random.default_rng([cfg.seed, kind, k])
+
+
+def puppet(cfg: WorldConfig, k: int, heldout: bool = False) -> PuppetSpec:
+  """Identity k of the training (or held-out) puppets."""
+  return PuppetSpec.sample(_rng(cfg, _HELD_PUPPET if heldout else _PUPPET, k))
+
+
+@dataclasses.dataclass
+class Clip:
+  """A rendered clip: frames uint8 (N,H,W,3), kp133 float64 (N,133,3), labels uint8 (N,H,W)."""
+
+  frames: np.ndarray
+  kp133: np.ndarray
+  labels: np.ndarray
+  meta: dict
+
+
+def render_clip(
+  spec: PuppetSpec,
+  angles: dict[str, np.ndarray],
+  framing: Framing,
+  background: Background,
+  height: int,
+  width: int,
+  *,
+  supersample: int = 4,
+  meta: dict | None = None,
+) -> Clip:
+  """Renders the motion `angles` of puppet `spec`; keypoints and frames share one projection."""
+  world, vis = S.joints_3d(angles, spec.proportions)
+  cam = D.camera_for(world, framing, spec.proportions, height, width)
+  px = cam.project(world)
+  kp = S.keypoints(px, vis, height, width)
+  bg = background.draw(height, width)
+  frames, labels = [], []
+  for t in range(len(px)):
+    img, lab = D.render_frame(spec, px[t], vis[t], bg, cam.scale, supersample=supersample)
+    frames.append(img)
+    labels.append(lab)
+  info = {
+    "puppet": spec.to_json(),
+    "framing": framing.to_json(),
+    "background": background.to_json(),
+    "camera": dataclasses.asdict(cam),
+    **(meta or {}),
+  }
+  return Clip(np.stack(frames), kp, np.stack(labels), info)
+
+
+def make_video(cfg: WorldConfig, k: int, heldout: bool = False) -> Clip:
+  """Training (or held-out) video k: a puppet, a motion, a framing and a background."""
+  rng = _rng(cfg, _HELD_VIDEO if heldout else _VIDEO, k)
+  n_p = cfg.n_heldout_puppets if heldout else cfg.n_puppets
+  p = int(rng.integers(n_p))
+  spec = puppet(cfg, p, heldout)
+  motion = MOTIONS[int(rng.integers(len(MOTIONS)))]
+  n = cfg.heldout_frames if heldout and cfg.heldout_frames else cfg.frames
+  angles = make_motion(motion, rng, n, cfg.fps)
+  framing = Framing.sample(rng)
+  clip = render_clip(
+    spec,
+    angles,
+    framing,
+    Background.sample(rng),
+    cfg.height,
+    cfg.width,
+    supersample=cfg.supersample,
+    meta={"puppet_index": p, "heldout": heldout, "motion": motion, "fps": cfg.fps},
+  )
+  if heldout:
+    # A misaligned reference: the same puppet in a still pose with another framing.
+    kinds = [f for f in ("full", "half", "close") if f != framing.kind]
+    ref = render_clip(
+      spec,
+      still(rng),
+      Framing.sample(rng, kinds[int(rng.integers(len(kinds)))]),
+      Background.sample(rng),
+      cfg.height,
+      cfg.width,
+      supersample=cfg.supersample,
+    )
+    clip.meta["reference"] = {k: ref.meta[k] for k in ("framing", "background", "camera")}
+    clip.meta["ref"] = ref
+  return clip
+
+
+def make_image_pair(cfg: WorldConfig, k: int) -> tuple[Clip, Clip]:
+  """Training image pair k: (source, target), one puppet in two stills with different framings."""
+  rng = _rng(cfg, _IMAGE, k)
+  p = int(rng.integers(cfg.n_puppets))
+  spec = puppet(cfg, p)
+  f_tgt = Framing.sample(rng)
+  kinds = [f for f in ("full", "half", "close") if f != f_tgt.kind]
+  f_src = Framing.sample(rng, kinds[int(rng.integers(len(kinds)))])
+  out = []
+  for framing in (f_src, f_tgt):
+    out.append(
+      render_clip(
+        spec,
+        still(rng),
+        framing,
+        Background.sample(rng),
+        cfg.height,
+        cfg.width,
+        supersample=cfg.supersample,
+        meta={"puppet_index": p, "motion": "still"},
+      )
+    )
+  return out[0], out[1]
+
+
+def poses_from_kp(kp133: np.ndarray, height: int, width: int) -> list[dict]:
+  """(N,133,3) pixel keypoints -> DWPose-style dicts through `o2a_jax.pose.from_coco_wholebody`."""
+  from o2a_jax.pose import from_coco_wholebody
+
+  return [from_coco_wholebody(k, width, height) for k in kp133]
+
+
+def caption(spec: PuppetSpec, motion: str) -> str:
+  what = {"walk": "walking", "wave": "waving", "turn": "turning around", "dance": "dancing"}
+  hair = "bald" if spec.hair_style == "bald" else f"{spec.hair_style}-haired"
+  return f"a {spec.style} puppet, {hair}, {what.get(motion, 'standing')}"
+
+
+# --- atomic writers ------------------------------------------------------------------------------
+
+
+def _atomic_bytes(path: pathlib.Path, data: bytes) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def save_pose_npy(path: pathlib.Path, poses: list[dict]) -> None:
+  """The official per-video pose file: `np.save` of a list of pose dicts (an object array)."""
+  arr = np.empty(len(poses), dtype=object)
+  for i, p in enumerate(poses):
+    arr[i] = p
+  buf = io.BytesIO()
+  np.save(buf, arr, allow_pickle=True)
+  _atomic_bytes(path, buf.getvalue())
+
+
+def save_npz(path: pathlib.Path, **arrays) -> None:
+  buf = io.BytesIO()
+  np.savez_compressed(buf, **arrays)
+  _atomic_bytes(path, buf.getvalue())
+
+
+def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+  w.writeheader()
+  for r in rows:
+    w.writerow({c: r.get(c, "") for c in COLUMNS})
+  _atomic_bytes(path, buf.getvalue().encode())
+
+
+def _js(x) -> str:
+  return json.dumps(x, separators=(",", ":"))
+
+
+# --- the world -----------------------------------------------------------------------------------
+
+
+def write_mp4_444(path: pathlib.Path, frames: np.ndarray, fps: float, crf: int) -> None:
+  """H.264 in full-resolution chroma (yuv444p), atomically.
+
+  `o2a_jax.video_io.write_video` writes yuv420p, whose half-resolution chroma caps a 64x64 puppet
+  clip at about 31 dB PSNR (small coloured parts bleed); 4:4:4 at CRF 12 gives about 42 dB. Any
+  H.264 decoder (PyAV / `o2a_jax.video_io.read_video` included) reads it.
+  """
+  import fractions
+
+  import av
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
+  os.close(fd)
+  try:
+    with av.open(tmp, mode="w", format="mp4") as container:
+      stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
+      stream.width, stream.height = frames.shape[2], frames.shape[1]
+      stream.pix_fmt = "yuv444p"
+      stream.options = {"crf": str(crf)}
+      for f in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+          container.mux(packet)
+      for packet in stream.encode():
+        container.mux(packet)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _video_row(out: pathlib.Path, name: str, clip: Clip, cfg: WorldConfig) -> dict:
+  n, h, w = clip.frames.shape[:3]
+  write_mp4_444(out / "videos" / f"{name}.mp4", clip.frames, cfg.fps, cfg.quality)
+  save_pose_npy(out / "videos" / f"{name}_pose.npy", poses_from_kp(clip.kp133, h, w))
+  kp = clip.kp133
+  face_ok = (kp[:, 0, 2] > 0) & (kp[:, 1, 2] > 0) & (kp[:, 2, 2] > 0)
+  ref_idx = [int(i) for i in np.nonzero(face_ok)[0] if 1 <= i <= n - 2]
+  spec = PuppetSpec.from_json(clip.meta["puppet"])
+  return {
+    "path": f"videos/{name}.mp4",
+    "pose_path": f"videos/{name}_pose.npy",
+    "height": h,
+    "width": w,
+    "fps": cfg.fps,
+    "num_frames": n,
+    "start_frame": 0,
+    "end_frame": n,
+    "all_ocr_bbox": _js([[] for _ in range(n)]),
+    "train_start_index": "",
+    "refimg_index": _js(ref_idx) if ref_idx else "",
+    "qwen_caption": caption(spec, clip.meta.get("motion", "")),
+  }
+
+
+def _image(out: pathlib.Path, name: str, clip: Clip) -> str:
+  from o2a_jax.video_io import write_video
+
+  h, w = clip.frames.shape[1:3]
+  write_video(out / "images" / f"{name}.png", clip.frames[:1])
+  save_pose_npy(out / "images" / f"{name}_pose.npy", poses_from_kp(clip.kp133[:1], h, w))
+  save_npz(
+    out / "gt" / f"{name}.npz",
+    frames=clip.frames,
+    kp133=clip.kp133.astype(np.float32),
+    labels=clip.labels,
+    meta=json.dumps(clip.meta),
+  )
+  return f"images/{name}.png"
+
+
+def _image_rows(pairs: list[dict], n_videos: int, h: int, w: int, start: int) -> list[dict]:
+  """Groups image pairs into image rows, one group per 6 video rows (the official grouping)."""
+  if not pairs:
+    return []
+  groups = max(1, math.ceil(n_videos / 6))
+  size = max(1, len(pairs) // groups)
+  chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+  if len(chunks) > groups:  # the remainder joins the last group
+    chunks[groups - 1 :] = [sum(chunks[groups - 1 :], [])]
+  return [
+    {
+      "path": f"image_{start + i:05d}",
+      "img_pairs": _js(c),
+      "height": h,
+      "width": w,
+      "aspect_ratio": f"{h / w:.2f}",
+      "resolution": h * w,
+      "num_frames": 1,
+    }
+    for i, c in enumerate(chunks)
+  ]
+
+
+def write_world(cfg: WorldConfig, out: str | os.PathLike, *, progress: bool = True) -> dict:
+  """Generates and writes the world; returns the `world.json` summary.
+
+  Refuses a non-empty `out` folder (FileExistsError), so two worlds never mix; the folder appears
+  only once it is complete.
+  """
+  final = pathlib.Path(out)
+  if final.exists() and (not final.is_dir() or any(final.iterdir())):
+    raise FileExistsError(f"{final} exists and is not an empty folder; choose a new --out")
+  final.parent.mkdir(parents=True, exist_ok=True)
+  # The world is built in a temporary sibling folder and renamed into place when complete.
+  out = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+  try:
+    summary = _write(cfg, out, progress)
+    if final.exists():
+      final.rmdir()  # empty (checked above)
+    os.replace(out, final)
+  except BaseException:
+    shutil.rmtree(out, ignore_errors=True)
+    raise
+  return summary
+
+
+def _write(cfg: WorldConfig, out: pathlib.Path, progress: bool) -> dict:
+  from tqdm import tqdm
+
+  total = cfg.videos + cfg.images + cfg.heldout
+  bar = tqdm(total=total, desc="puppet world", unit="item", disable=not progress)
+  h, w = cfg.height, cfg.width
+  train_rows, held_rows, train_pairs, held_pairs = [], [], [], []
+  for k in range(cfg.videos):
+    clip = make_video(cfg, k)
+    name = f"v{k:05d}"
+    train_rows.append(_video_row(out, name, clip, cfg))
+    save_npz(
+      out / "gt" / f"{name}.npz",
+      frames=clip.frames,
+      kp133=clip.kp133.astype(np.float32),
+      labels=clip.labels,
+      meta=json.dumps(clip.meta),
+    )
+    bar.update()
+  for k in range(cfg.images):
+    src, tgt = make_image_pair(cfg, k)
+    spec = PuppetSpec.from_json(src.meta["puppet"])
+    src_path = _image(out, f"i{2 * k:05d}", src)
+    tgt_path = _image(out, f"i{2 * k + 1:05d}", tgt)
+    cap = caption(spec, "still")
+    train_pairs.append(
+      {
+        "src_path": src_path,
+        "tgt_path": tgt_path,
+        "tgt_pose_path": tgt_path.replace(".png", "_pose.npy"),
+        "qwen_caption": cap,
+        "text": cap,
+      }
+    )
+    bar.update()
+  for k in range(cfg.heldout):
+    clip = make_video(cfg, k, heldout=True)
+    ref = clip.meta.pop("ref")
+    name = f"h{k:05d}"
+    held_rows.append(_video_row(out, name, clip, cfg))
+    save_npz(
+      out / "gt" / f"{name}.npz",
+      frames=clip.frames,
+      kp133=clip.kp133.astype(np.float32),
+      labels=clip.labels,
+      ref_frame=ref.frames[0],
+      ref_kp133=ref.kp133[0].astype(np.float32),
+      ref_labels=ref.labels[0],
+      meta=json.dumps(clip.meta),
+    )
+    # The misaligned reference and a frame of the clip as an image pair of the held-out split.
+    spec = PuppetSpec.from_json(clip.meta["puppet"])
+    ref_path = _image(out, f"{name}_ref", ref)
+    tgt = Clip(clip.frames[:1], clip.kp133[:1], clip.labels[:1], clip.meta)
+    tgt_path = _image(out, f"{name}_f0", tgt)
+    cap = caption(spec, "still")
+    held_pairs.append(
+      {
+        "src_path": ref_path,
+        "tgt_path": tgt_path,
+        "tgt_pose_path": tgt_path.replace(".png", "_pose.npy"),
+        "qwen_caption": cap,
+        "text": cap,
+      }
+    )
+    bar.update()
+  bar.close()
+  train_rows += _image_rows(train_pairs, cfg.videos, h, w, 0)
+  held_rows += _image_rows(held_pairs, cfg.heldout, h, w, len(train_rows))
+  write_csv(out / "train.csv", train_rows)
+  write_csv(out / "heldout.csv", held_rows)
+  summary = {
+    "format": "o2a-puppet-world",
+    "version": 1,
+    "config": dataclasses.asdict(cfg),
+    "train_csv": "train.csv",
+    "heldout_csv": "heldout.csv",
+    "train_videos": [r["path"] for r in train_rows if r["path"].endswith(".mp4")],
+    "heldout_videos": [r["path"] for r in held_rows if r["path"].endswith(".mp4")],
+    "train_puppets": cfg.n_puppets,
+    "heldout_puppets": cfg.n_heldout_puppets,
+  }
+  _atomic_bytes(out / "world.json", json.dumps(summary, indent=1).encode())
+  return summary
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+  """Rows of a world CSV as dicts of strings (list cells still JSON text)."""
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+def load_gt(path: str | os.PathLike) -> dict:
+  """A ground-truth `.npz` as a dict (meta parsed from JSON)."""
+  with np.load(path) as z:
+    d = {k: z[k] for k in z.files}
+  d["meta"] = json.loads(str(d["meta"]))
+  return d

@@ -1,0 +1,418 @@
+"""Training a small Wan VAE (same architecture, narrower channels) from scratch, e.g. on puppets.
+
+The model is the project's `WanVAE` (causal 3-D convolutions, 16 latent channels, 8x spatial and 4x
+temporal compression) with a reduced `VAEConfig` (`base_dim`, `dim_mult`, `num_res_blocks`),
+initialised like PyTorch's defaults (`model.randomize`).
+
+Loss (per element means): `L1(decode(z), x) + kl_weight * KL(q(z|x) || N(0,1))` with
+`z = mu + sigma * eps` sampled from the posterior (`quant_conv` gives mu and log sigma^2, log
+sigma^2 clipped to [-30, 20] as diffusers' `DiagonalGaussianDistribution`). L1 rather than L2
+keeps the flat colour regions and edges of the puppets sharp; the small KL term keeps the latent
+scale bounded so the denoiser's normalised latents are well behaved. The decoder output is not
+clamped inside the loss (clamping would zero the gradient of saturated pixels); `WanVAE.decode`
+clamps as the reference does.
+
+Optimiser: optax Adam with global-norm clipping and a warm-up + cosine schedule, one jitted step
+(`make_step`), parameters and optimiser state donated.
+
+Saving (`save_vae`): a folder in the diffusers `AutoencoderKLWan` layout that
+`o2a_jax.convert.load_vae` reads: `diffusion_pytorch_model.safetensors` (diffusers keys, PyTorch
+layouts, float32) and `config.json` with the constructor arguments plus `latents_mean` /
+`latents_std`, the per-channel statistics of the posterior means (diffusers stores the Wan
+constants under these names too). `read_latent_stats` returns them for
+`o2a_jax.vae.normalize(mean, latents_mean=..., latents_std=...)`. The folder is written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from o2a_jax.vae.layers import CausalConv3d
+from o2a_jax.vae.model import VAEConfig, WanVAE
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """VAE architecture and optimisation settings."""
+
+  base_dim: int = 16
+  dim_mult: tuple[int, ...] = (1, 2, 2, 2)
+  num_res_blocks: int = 1
+  z_dim: int = 16
+  lr: float = 1e-3
+  warmup: int = 50
+  steps: int = 1000
+  batch: int = 4
+  frames: int = 5  # pixel frames per training clip (4k+1)
+  kl_weight: float = 1e-4
+  grad_clip: float = 1.0
+  seed: int = 0
+
+  def vae_config(self) -> VAEConfig:
+    return VAEConfig(
+      base_dim=self.base_dim,
+      z_dim=self.z_dim,
+      dim_mult=tuple(self.dim_mult),
+      num_res_blocks=self.num_res_blocks,
+      temperal_downsample=(False, True, True)[: len(self.dim_mult) - 1],
+    )
+
+
+def init_params(vae: WanVAE, seed: int) -> WanVAE:
+  """PyTorch-default-like init in place, drawn with numpy (as `model.randomize`, whose per-shape
+  `jax.random` programs take minutes to compile on a busy CPU): weights and biases ~ U(-b, b) with
+  b = 1 / sqrt(fan_in) of the layer's weight; RMS-norm gammas stay one."""
+  flat = dict(nnx.to_flat_state(nnx.state(vae, nnx.Param)))
+  fan_in = {}
+  for path, var in flat.items():
+    if path[-1] in ("weight", "to_qkv_weight", "proj_weight"):
+      fan_in[path[:-1] + (path[-1].replace("weight", ""),)] = int(np.prod(var.shape[:-1]))
+  rng = np.random.default_rng(seed)
+  for path in sorted(flat, key=str):
+    var = flat[path]
+    if path[-1] == "gamma":
+      continue
+    stem = path[-1].replace("weight", "").replace("bias", "")
+    bound = 1.0 / np.sqrt(fan_in[path[:-1] + (stem,)])
+    value = rng.uniform(-bound, bound, var.shape).astype(np.float32)
+    flat[path] = var.replace(value=jnp.asarray(value, var.get_value().dtype))
+  nnx.update(vae, nnx.from_flat_state(flat))
+  return vae
+
+
+def new_vae(cfg: TrainConfig) -> WanVAE:
+  """A freshly initialised VAE (PyTorch-default-like uniform init)."""
+  return init_params(WanVAE(cfg.vae_config()), cfg.seed)
+
+
+def _causal_unrolled(step_first, step, x, chunk: int):
+  """`model._causal_scan` as a Python loop over the chunks.
+
+  Differentiating through `lax.scan` is pathologically slow on XLA's CPU backend here (decoder
+  gradient for 2 latent frames: 17 s with the scan, 0.15 s per frame unrolled), and training clips
+  are short, so the few chunks are unrolled.
+  """
+  y0, cache = step_first(x[:, :1])
+  ys = [y0]
+  for s in range(1, x.shape[1] - chunk + 1, chunk):
+    y, cache = step(x[:, s : s + chunk], cache)
+    ys.append(y)
+  return jnp.concatenate(ys, axis=1)
+
+
+# --- a faster convolution for CPU training ------------------------------------------------------
+
+
+def _conv_by_2d_taps(self: CausalConv3d, x: jax.Array) -> jax.Array:
+  """`CausalConv3d.conv` as a sum of per-tap 2-D convolutions (same result to float rounding).
+
+  XLA's CPU backend runs 3-D convolutions far slower than 2-D ones (measured here on a 3x3x3,
+  16->16 conv over (4,7,64,64,16): 1.0 s vs 0.12 s forward+backward), so training folds time into
+  the batch and sums the kt temporal taps.
+  """
+  kt, kh, kw = self.kernel
+  w = self.weight[...].astype(x.dtype)
+  b, t = x.shape[:2]
+  t_out = t - kt + 1
+  y = 0.0
+  for k in range(kt):
+    xs = x[:, k : k + t_out].reshape(b * t_out, *x.shape[2:])
+    y = y + jax.lax.conv_general_dilated(
+      xs,
+      w[k],
+      window_strides=(1, 1),
+      padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=self.precision,
+    )
+  y = y.reshape(b, t_out, *y.shape[1:])
+  return y + self.bias[...].astype(y.dtype)
+
+
+@contextlib.contextmanager
+def conv_as_2d_taps():
+  """While tracing inside this context, `CausalConv3d` convolves through `_conv_by_2d_taps`."""
+  original = CausalConv3d.conv
+  CausalConv3d.conv = _conv_by_2d_taps
+  try:
+    yield
+  finally:
+    CausalConv3d.conv = original
+
+
+# --- forward pieces with the full posterior (the public encode returns only the mean) -------------
+
+
+def posterior(vae: WanVAE, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(B,F,H,W,3) -> (mu, logvar), each (B,T,h,w,z); untiled (training crops are small)."""
+  cfg = vae.cfg
+  enc = vae.encoder
+  x = video.astype(vae.dtype)
+  feats = _causal_unrolled(
+    lambda x0: enc.stage_a(x0, None, True),
+    lambda xc, c: enc.stage_a(xc, c, False),
+    x,
+    cfg.temporal_factor,
+  )
+  out = _causal_unrolled(lambda x0: enc.stage_b(x0, None), enc.stage_b, feats, 1)
+  out, _ = vae.quant_conv(out, None)
+  out = out.astype(jnp.float32)
+  mu, logvar = out[..., : cfg.z_dim], out[..., cfg.z_dim :]
+  return mu, jnp.clip(logvar, -30.0, 20.0)
+
+
+def decode_unclamped(vae: WanVAE, z: jax.Array) -> jax.Array:
+  """(B,T,h,w,z) -> (B,1+4(T-1),8h,8w,3) without the final clamp; untiled."""
+  dec = vae.decoder
+  x, _ = vae.post_quant_conv(z.astype(vae.dtype), None)
+  feats = _causal_unrolled(lambda x0: dec.stage_a(x0, None), dec.stage_a, x, 1)
+  out = _causal_unrolled(
+    lambda x0: dec.stage_b(x0, None, True),
+    lambda xc, c: dec.stage_b(xc, c, False),
+    feats,
+    1,
+  )
+  return out.astype(jnp.float32)
+
+
+def loss_fn(vae: WanVAE, video: jax.Array, key: jax.Array, kl_weight: float):
+  """Returns (loss, {"l1", "kl"}) for a (B,F,H,W,3) batch in [-1,1]."""
+  mu, logvar = posterior(vae, video)
+  z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
+  recon = decode_unclamped(vae, z)
+  l1 = jnp.mean(jnp.abs(recon - video[:, : recon.shape[1]]))
+  kl = 0.5 * jnp.mean(mu * mu + jnp.exp(logvar) - 1.0 - logvar)
+  return l1 + kl_weight * kl, {"l1": l1, "kl": kl}
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0, cfg.lr, max(1, cfg.warmup), max(cfg.steps, cfg.warmup + 1), end_value=0.1 * cfg.lr
+  )
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(schedule))
+
+
+def make_step(graphdef, tx: optax.GradientTransformation, kl_weight: float):
+  """The jitted train step: (params, opt_state, video, key) -> (params, opt_state, metrics)."""
+
+  def step(params, opt_state, video, key):
+    def f(p):
+      return loss_fn(nnx.merge(graphdef, p), video, key, kl_weight)
+
+    with conv_as_2d_taps():  # active while jit traces this body
+      (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {"loss": loss, **aux, "grad_norm": optax.global_norm(grads)}
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def train(
+  vae: WanVAE,
+  batches: Iterator[np.ndarray],
+  cfg: TrainConfig,
+  *,
+  progress: bool = True,
+  log_every: int = 25,
+) -> list[dict]:
+  """Trains `vae` in place for `cfg.steps` steps on (B,F,H,W,3) float batches in [-1,1].
+
+  Returns the logged metrics (every `log_every` steps and the last one).
+  """
+  from tqdm import tqdm
+
+  graphdef, params, rest = nnx.split(vae, nnx.Param, ...)
+  tx = make_optimizer(cfg)
+  opt_state = tx.init(params)
+  step = make_step(graphdef, tx, cfg.kl_weight)
+  key = jax.random.key(cfg.seed + 1)
+  log = []
+  bar = tqdm(range(cfg.steps), desc="vae train", disable=not progress)
+  t0 = time.perf_counter()
+  for i in bar:
+    video = jnp.asarray(next(batches))
+    params, opt_state, m = step(params, opt_state, video, jax.random.fold_in(key, i))
+    if i % log_every == 0 or i == cfg.steps - 1:
+      m = {k: float(v) for k, v in m.items()}
+      if not np.isfinite(m["loss"]):
+        raise FloatingPointError(f"VAE training diverged at step {i}: {m}")
+      m.update(step=i, seconds=time.perf_counter() - t0)
+      log.append(m)
+      bar.set_postfix(loss=f"{m['loss']:.4f}", l1=f"{m['l1']:.4f}", kl=f"{m['kl']:.2f}")
+  nnx.update(vae, params)
+  return log
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def clip_batches(
+  videos: list[np.ndarray],
+  batch: int,
+  frames: int,
+  seed: int,
+  *,
+  crop: int | None = None,
+  flip: bool = True,
+) -> Iterator[np.ndarray]:
+  """Endless random (B,F,H,W,3) float32 [-1,1] clips from uint8 (N,H,W,3) videos of one size.
+
+  `crop`: random square crops of this size (a multiple of 8; convolutions are translation
+  equivariant, so small crops train the same filters at a fraction of the cost).
+  """
+  if not videos:
+    raise ValueError("clip_batches: no videos given")
+  usable = [v for v in videos if len(v) >= frames]
+  if not usable:
+    raise ValueError(f"clip_batches: every video is shorter than {frames} frames")
+  h, w = usable[0].shape[1:3]
+  if crop is not None and (crop % 8 or crop > min(h, w)):
+    raise ValueError(f"clip_batches: crop must be a multiple of 8 and <= {min(h, w)}, got {crop}")
+  rng = np.random.default_rng(seed)
+  while True:
+    out = []
+    for _ in range(batch):
+      v = usable[int(rng.integers(len(usable)))]
+      s = int(rng.integers(len(v) - frames + 1))
+      c = v[s : s + frames]
+      if crop is not None:
+        y, x = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
+        c = c[:, y : y + crop, x : x + crop]
+      if flip and rng.random() < 0.5:
+        c = c[:, :, ::-1]
+      out.append(c)
+    yield np.stack(out).astype(np.float32) / 127.5 - 1.0
+
+
+def psnr(a, b) -> float:
+  """PSNR in dB of [-1,1] images (peak-to-peak 2)."""
+  mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+  return float(10 * np.log10(4.0 / max(mse, 1e-12)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_mean(graphdef, state, video):
+  with conv_as_2d_taps():
+    return posterior(nnx.merge(graphdef, state), video)[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reconstruct(graphdef, state, video):
+  with conv_as_2d_taps():
+    vae = nnx.merge(graphdef, state)
+    return jnp.clip(decode_unclamped(vae, posterior(vae, video)[0]), -1.0, 1.0)
+
+
+def reconstruct(vae: WanVAE, video) -> jax.Array:
+  """`vae.decode(vae.encode(video))` (untiled, clamped) with the fast CPU convolution."""
+  graphdef, state = nnx.split(vae)
+  return _reconstruct(graphdef, state, jnp.asarray(video, jnp.float32))
+
+
+def encode_mean(vae: WanVAE, video) -> jax.Array:
+  """`vae.encode(video)` (untiled) with the fast CPU convolution."""
+  graphdef, state = nnx.split(vae)
+  return _encode_mean(graphdef, state, jnp.asarray(video, jnp.float32))
+
+
+def reconstruction_psnr(vae: WanVAE, clips: list[np.ndarray]) -> float:
+  """Mean PSNR of decode(encode(x)) (clamped to [-1,1]) over uint8 (F,H,W,3) clips."""
+  scores = []
+  for c in clips:
+    x = c[None].astype(np.float32) / 127.5 - 1.0
+    y = np.asarray(reconstruct(vae, x))
+    scores.append(psnr(y, x[:, : y.shape[1]]))
+  return float(np.mean(scores))
+
+
+def latent_stats(vae: WanVAE, clips: list[np.ndarray]) -> tuple[list[float], list[float]]:
+  """Per-channel mean and std of the posterior means of uint8 (F,H,W,3) clips."""
+  zs = [np.asarray(encode_mean(vae, c[None].astype(np.float32) / 127.5 - 1.0)) for c in clips]
+  flat = np.concatenate([z.reshape(-1, z.shape[-1]) for z in zs]).astype(np.float64)
+  return [float(v) for v in flat.mean(0)], [float(v) for v in flat.std(0)]
+
+
+# --- saving --------------------------------------------------------------------------------------
+
+
+def diffusers_config(cfg: VAEConfig, latents_mean=None, latents_std=None) -> dict:
+  d = {
+    "_class_name": "AutoencoderKLWan",
+    "_diffusers_version": "0.33.0",
+    "attn_scales": [],
+    "base_dim": cfg.base_dim,
+    "dim_mult": list(cfg.dim_mult),
+    "dropout": 0.0,
+    "num_res_blocks": cfg.num_res_blocks,
+    "temperal_downsample": list(cfg.temperal_downsample),
+    "z_dim": cfg.z_dim,
+  }
+  if latents_mean is not None:
+    d["latents_mean"] = [float(v) for v in latents_mean]
+    d["latents_std"] = [float(v) for v in latents_std]
+  return d
+
+
+def save_vae(
+  vae: WanVAE, path: str | os.PathLike, *, latents_mean=None, latents_std=None, extra=None
+) -> pathlib.Path:
+  """Writes a diffusers-layout VAE folder (weights + config.json) atomically; replaces `path`.
+
+  `extra`: optional JSON-able dict stored as `training.json` (command, metrics).
+  """
+  import shutil
+
+  from o2a_jax.convert.safetensors_io import atomic_path, write_file
+  from o2a_jax.convert.vae import vae_state_dict
+
+  if (latents_mean is None) != (latents_std is None):
+    raise ValueError("save_vae: give both latents_mean and latents_std, or neither")
+  path = pathlib.Path(path)
+  tensors = {k: np.asarray(v, np.float32) for k, v in vae_state_dict(vae).items()}
+  items = [(k, v.dtype, v.shape) for k, v in tensors.items()]
+  old = None
+  with atomic_path(path, is_dir=True) as tmp:
+    write_file(tmp / WEIGHTS_NAME, items, tensors.__getitem__, metadata={"format": "pt"})
+    cfg = diffusers_config(vae.cfg, latents_mean, latents_std)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+    if extra is not None:
+      (tmp / "training.json").write_text(json.dumps(extra, indent=1))
+    if path.exists():  # atomic_path renames onto `path`; move an old folder out of the way first
+      old = path.with_name(f".{path.name}.old")
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(path, old)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+  return path
+
+
+def read_latent_stats(path: str | os.PathLike) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(latents_mean, latents_std) from a VAE folder's `config.json` (diffusers field names)."""
+  cfg_path = pathlib.Path(path) / "config.json"
+  if not cfg_path.is_file():
+    raise FileNotFoundError(
+      f"{cfg_path} not found; latent statistics live in the VAE's config.json"
+    )
+  cfg = json.loads(cfg_path.read_text())
+  if "latents_mean" not in cfg or "latents_std" not in cfg:
+    raise ValueError(
+      f"{cfg_path} has no latents_mean/latents_std; compute them with "
+      "o2a_jax.vae.train.latent_stats and save with save_vae(..., latents_mean=, latents_std=)"
+    )
+  return tuple(cfg["latents_mean"]), tuple(cfg["latents_std"])

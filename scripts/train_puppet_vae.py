@@ -1,0 +1,99 @@
+"""Trains the small puppet VAE (the project's Wan VAE architecture, narrow channels) on CPU.
+
+  python scripts/make_puppet_world.py --out /tmp/puppet_world --videos 96 --images 0 --heldout 8
+  python scripts/train_puppet_vae.py --world /tmp/puppet_world --out assets/puppet_vae
+
+(the exact commands of the shipped weights are in assets/puppet_vae/README.md)
+
+Trains on random clips of the world's training videos (lossless ground-truth frames under `gt/`),
+reports the reconstruction PSNR on the held-out clips (held-out puppets) before and after training,
+computes the per-channel latent mean/std, and writes a diffusers `AutoencoderKLWan` folder
+(`o2a_jax.convert.load_vae` reads it; the statistics are in its `config.json`) with a
+`training.json` holding the command, the settings, the metrics and the loss log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def main(argv=None) -> int:
+  from o2a_jax.vae import train as T
+
+  d = T.TrainConfig()
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument("--world", required=True, help="puppet world folder (make_puppet_world.py)")
+  p.add_argument("--out", required=True, help="output VAE folder (replaced if it exists)")
+  p.add_argument("--steps", type=int, default=d.steps)
+  p.add_argument("--batch", type=int, default=d.batch)
+  p.add_argument("--frames", type=int, default=d.frames, help="frames per training clip, 4k+1")
+  p.add_argument("--crop", type=int, default=32, help="random square crop size (0: full frames)")
+  p.add_argument("--lr", type=float, default=d.lr)
+  p.add_argument("--kl-weight", type=float, default=d.kl_weight)
+  p.add_argument("--base-dim", type=int, default=d.base_dim)
+  p.add_argument("--seed", type=int, default=d.seed)
+  p.add_argument("--eval-frames", type=int, default=9, help="frames per held-out clip (4k+1)")
+  args = p.parse_args(argv)
+  if (args.frames - 1) % 4 or (args.eval_frames - 1) % 4:
+    print("train_puppet_vae: error: --frames and --eval-frames must be 4k+1", file=sys.stderr)
+    return 2
+
+  from data_pipeline.puppets.world import load_gt
+
+  world = pathlib.Path(args.world)
+  train_files = sorted((world / "gt").glob("v*.npz"))
+  held_files = sorted((world / "gt").glob("h?????.npz"))  # clips, not their _ref/_f0 images
+  if not train_files or not held_files:
+    print(f"train_puppet_vae: error: {world}/gt has no v*.npz or h*.npz clips", file=sys.stderr)
+    return 2
+  videos = [load_gt(f)["frames"] for f in train_files]
+  held = [load_gt(f)["frames"][: args.eval_frames] for f in held_files]
+  cfg = T.TrainConfig(
+    base_dim=args.base_dim, lr=args.lr, steps=args.steps, batch=args.batch, frames=args.frames,
+    kl_weight=args.kl_weight, seed=args.seed,
+  )  # fmt: skip
+  vae = T.new_vae(cfg)
+  t0 = time.perf_counter()
+  psnr_init = T.reconstruction_psnr(vae, held)
+  print(f"held-out PSNR before training: {psnr_init:.2f} dB ({len(held)} clips)")
+  batches = T.clip_batches(videos, cfg.batch, cfg.frames, cfg.seed, crop=args.crop or None)
+  t1 = time.perf_counter()
+  log = T.train(vae, batches, cfg)
+  train_s = time.perf_counter() - t1
+  psnr_final = T.reconstruction_psnr(vae, held)
+  train_clips = [v[: args.eval_frames] for v in videos[:32]]
+  psnr_train = T.reconstruction_psnr(vae, train_clips)
+  mean, std = T.latent_stats(vae, train_clips)
+  print(f"held-out PSNR after training: {psnr_final:.2f} dB; training clips {psnr_train:.2f} dB")
+  extra = {
+    "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+    "config": dataclasses.asdict(cfg),
+    "crop": args.crop,
+    "world": json.loads((world / "world.json").read_text())["config"],
+    "heldout_psnr_db": {"untrained": psnr_init, "trained": psnr_final},
+    "train_clips_psnr_db": psnr_train,
+    "eval": f"{len(held)} held-out clips x {args.eval_frames} frames, decode(encode(x)) clamped",
+    "train_seconds": train_s,
+    "total_seconds": time.perf_counter() - t0,
+    "log": log,
+  }
+  T.save_vae(vae, args.out, latents_mean=mean, latents_std=std, extra=extra)
+  print(f"wrote {args.out} (train {train_s:.0f} s)")
+  print("latents_mean", np.round(mean, 3).tolist())
+  print("latents_std", np.round(std, 3).tolist())
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

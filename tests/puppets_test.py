@@ -1,0 +1,139 @@
+"""The puppet world: determinism, keypoint/frame consistency, and the official on-disk layout."""
+
+import json
+
+import numpy as np
+import pytest
+
+from data_pipeline.puppets import draw as D
+from data_pipeline.puppets import skeleton as S
+from data_pipeline.puppets.motion import MOTIONS, make_motion
+from data_pipeline.puppets.spec import Background, Framing, PuppetSpec
+from data_pipeline.puppets.world import WorldConfig, load_gt, make_video, read_csv, write_world
+from o2a_jax import pose as P
+from o2a_jax.video_io import read_video
+
+CFG = WorldConfig(
+  seed=3, videos=2, images=2, heldout=1, frames=9, heldout_frames=13, height=64, width=64
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  out = tmp_path_factory.mktemp("w") / "world"
+  summary = write_world(CFG, out, progress=False)
+  return out, summary
+
+
+def test_same_seed_same_clip_other_seed_other_clip():
+  a, b = make_video(CFG, 1), make_video(CFG, 1)
+  np.testing.assert_array_equal(a.frames, b.frames)
+  np.testing.assert_array_equal(a.kp133, b.kp133)
+  assert a.meta == b.meta
+  c = make_video(WorldConfig(seed=4, frames=9), 1)
+  assert not np.array_equal(a.frames, c.frames)
+
+
+@pytest.mark.parametrize("k", range(6))
+def test_keypoints_in_frame_and_valid_poses(k):
+  clip = make_video(WorldConfig(seed=11, frames=9), k)
+  kp = clip.kp133
+  h, w = clip.frames.shape[1:3]
+  seen = kp[..., 2] > 0
+  assert seen.any(axis=1).all(), "every frame shows some keypoints"
+  xy = kp[..., :2][seen]
+  assert (xy[:, 0] >= 0).all() and (xy[:, 0] <= w - 1).all()
+  assert (xy[:, 1] >= 0).all() and (xy[:, 1] <= h - 1).all()
+  for frame in kp:  # the official conversion accepts every frame
+    pose = P.from_coco_wholebody(frame, w, h)
+    assert P.render(pose, h, w).any()
+
+
+def _frontal_clip(motion, seed):
+  rng = np.random.default_rng(seed)
+  spec = PuppetSpec.sample(rng)
+  angles = make_motion(motion, rng, 3, 16.0)
+  angles["yaw"][:] = 0.0
+  angles["head_yaw"][:] = 0.0
+  world, vis = S.joints_3d(angles, spec.proportions)
+  cam = D.camera_for(world, Framing("full", 0.85, 0.0, 0.0), spec.proportions, 160, 160)
+  return spec, cam, cam.project(world), vis
+
+
+@pytest.mark.parametrize("motion,seed", [(m, s) for s, m in enumerate(MOTIONS)])
+def test_limb_colour_at_limb_midpoint(motion, seed):
+  spec, cam, px, vis = _frontal_clip(motion, seed)
+  bg = Background("solid", (0, 0, 0), (0, 0, 0), 0.5, 0.1, 0).draw(160, 160)
+  img, labels = D.render_frame(spec, px[0], vis[0], bg, cam.scale, supersample=1)
+  checked = 0
+  for name, i, j in D.LIMBS:
+    x, y = np.rint((px[0, i, :2] + px[0, j, :2]) / 2).astype(int)
+    assert labels[y, x] != D.PART["background"], f"{name}: nothing drawn at its midpoint"
+    if labels[y, x] == D.PART[name]:  # not covered by a nearer part
+      assert tuple(img[y, x]) in D.limb_style(spec, name).colors(), name
+      checked += 1
+  assert checked >= 4
+  # The visible eye keypoints carry the drawn eyes.
+  for k in (1, 2):
+    if vis[0, k]:
+      x, y = np.rint(px[0, k, :2]).astype(int)
+      assert labels[y, x] == D.PART["face"]
+
+
+def test_world_layout_is_official(world):
+  out, summary = world
+  rows = read_csv(out / "train.csv")
+  videos = [r for r in rows if r["path"].endswith(".mp4")]
+  groups = [r for r in rows if r["path"].startswith("image_")]
+  assert len(videos) == CFG.videos and len(groups) >= 1
+  for r in videos:
+    poses = P.read_official_npy(out / r["pose_path"])
+    frames, fps = read_video(out / r["path"])
+    n, h, w = int(r["num_frames"]), int(r["height"]), int(r["width"])
+    assert len(poses) == n == frames.shape[0] and frames.shape[1:] == (h, w, 3)
+    assert fps == pytest.approx(float(r["fps"]))
+    assert len(json.loads(r["all_ocr_bbox"])) == n
+    gt = load_gt(out / "gt" / (r["path"].split("/")[-1][:-4] + ".npz"))
+    mse = np.mean((frames.astype(float) - gt["frames"]) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 36  # H.264 4:4:4 of the lossless ground truth
+    ref = P.from_coco_wholebody(gt["kp133"][0].astype(np.float64), w, h)
+    np.testing.assert_allclose(
+      poses[0]["bodies"]["candidate"], ref["bodies"]["candidate"], atol=1e-6
+    )
+  pairs = [p for g in groups for p in json.loads(g["img_pairs"])]
+  assert len(pairs) == CFG.images
+  for p in pairs:
+    for key in ("src_path", "tgt_path"):
+      assert (out / p[key]).is_file()
+      P.read_official_npy(out / p[key].replace(".png", "_pose.npy"))  # `<stem>_pose.npy`
+    src, tgt = (
+      load_gt(out / "gt" / (p[k].split("/")[-1][:-4] + ".npz")) for k in ("src_path", "tgt_path")
+    )
+    assert src["meta"]["puppet"] == tgt["meta"]["puppet"]  # one identity
+    assert src["meta"]["framing"]["kind"] != tgt["meta"]["framing"]["kind"]  # misaligned
+
+
+def test_heldout_split(world):
+  out, summary = world
+  rows = read_csv(out / "heldout.csv")
+  held = [r for r in rows if r["path"].endswith(".mp4")]
+  assert len(held) == CFG.heldout and int(held[0]["num_frames"]) == 13
+  gt = load_gt(out / "gt" / "h00000.npz")
+  assert gt["meta"]["heldout"] and gt["ref_frame"].shape == (64, 64, 3)
+  assert gt["meta"]["reference"]["framing"]["kind"] != gt["meta"]["framing"]["kind"]
+  train_ids = {json.dumps(load_gt(f)["meta"]["puppet"]) for f in (out / "gt").glob("v*.npz")}
+  assert json.dumps(gt["meta"]["puppet"]) not in train_ids
+  assert json.loads((out / "world.json").read_text())["heldout_videos"] == [r["path"] for r in held]
+
+
+def test_refuses_non_empty_output(world):
+  out, _ = world
+  with pytest.raises(FileExistsError):
+    write_world(CFG, out, progress=False)
+
+
+def test_bad_config_raises():
+  with pytest.raises(ValueError, match="multiples of 16"):
+    WorldConfig(height=60)
+  with pytest.raises(ValueError, match="unknown motion"):
+    make_motion("jump", np.random.default_rng(0), 4, 16.0)

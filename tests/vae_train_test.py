@@ -1,0 +1,139 @@
+"""VAE training loop: the loss falls, the training forward equals the public one, the saved folder
+round-trips through `load_vae`, and custom latent statistics for `normalize`."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from o2a_jax.convert import load_vae
+from o2a_jax.vae import LATENTS_MEAN, LATENTS_STD, denormalize, normalize
+from o2a_jax.vae import train as T
+from o2a_jax.vae.layers import CausalConv3d
+from o2a_jax.vae.model import _causal_scan
+
+# A tiny config: 4 base channels, 16x16 frames (2x2 latents).
+CFG = T.TrainConfig(base_dim=4, lr=3e-3, warmup=2, steps=24, batch=2, frames=1, seed=0)
+
+
+def _clips(n=3, f=5, size=16, seed=0):
+  """Flat-coloured squares on flat backgrounds, uint8 (F,H,W,3), moving by a pixel per frame."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    v = np.empty((f, size, size, 3), np.uint8)
+    v[:] = rng.integers(0, 256, 3, dtype=np.uint8)
+    y, x = rng.integers(0, size // 2, 2)
+    for t in range(f):
+      v[t, y : y + 6, x + t // 2 : x + t // 2 + 6] = rng.integers(0, 256, 3, dtype=np.uint8)
+    out.append(v)
+  return out
+
+
+@pytest.fixture(scope="module")
+def trained():
+  vae = T.new_vae(CFG)
+  first = next(T.clip_batches(_clips(), CFG.batch, CFG.frames, seed=1))
+
+  def same_batch():
+    while True:
+      yield first
+
+  log = T.train(vae, same_batch(), CFG, progress=False, log_every=1)
+  return vae, log
+
+
+def test_loss_falls(trained):
+  _, log = trained
+  losses = [m["l1"] for m in log]
+  assert len(losses) == CFG.steps
+  assert np.all(np.isfinite(losses))
+  print(f"l1 first 3 {np.mean(losses[:3]):.4f} last 3 {np.mean(losses[-3:]):.4f}")
+  assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_conv_by_2d_taps_equals_conv3d():
+  conv = CausalConv3d(5, 7, (3, 3, 3), dtype=jnp.float32)
+  rng = np.random.default_rng(0)
+  conv.weight[...] = jnp.asarray(rng.standard_normal((3, 3, 3, 5, 7)), jnp.float32)
+  conv.bias[...] = jnp.asarray(rng.standard_normal(7), jnp.float32)
+  x = jnp.asarray(rng.standard_normal((2, 6, 8, 10, 5)), jnp.float32)
+  ref = conv.conv(x)
+  with T.conv_as_2d_taps():
+    ours = conv.conv(x)
+  assert ours.shape == ref.shape == (2, 4, 8, 10, 7)
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+  assert CausalConv3d.conv is not T._conv_by_2d_taps  # restored
+
+
+def test_causal_unrolled_equals_causal_scan():
+  x = jnp.arange(2 * 9 * 3, dtype=jnp.float32).reshape(2, 9, 3)
+
+  def step(xc, cache):  # running sum as the "cache"
+    c = cache + jnp.sum(xc, axis=1, keepdims=True)
+    return xc * c, c
+
+  first = lambda x0: (x0 * 2, x0)  # noqa: E731
+  ref = _causal_scan(first, step, x, 4)
+  np.testing.assert_array_equal(T._causal_unrolled(first, step, x, 4), ref)
+
+
+@pytest.mark.slow
+def test_fast_forward_equals_public_encode_decode(trained):
+  vae, _ = trained
+  x = _clips(1, f=5)[0][None].astype(np.float32) / 127.5 - 1
+  ours = np.asarray(T.reconstruct(vae, x))
+  public = np.asarray(vae.decode(vae.encode(x)))
+  assert ours.shape == public.shape == (1, 5, 16, 16, 3)
+  err = np.linalg.norm(ours - public) / np.linalg.norm(public)
+  assert err < 1e-5, err
+  np.testing.assert_allclose(T.encode_mean(vae, x), vae.encode(x), rtol=0, atol=1e-5)
+
+
+def test_save_load_roundtrip(trained, tmp_path):
+  vae, _ = trained
+  mean, std = T.latent_stats(vae, _clips(2, f=5))
+  assert len(mean) == len(std) == 16 and min(std) > 0
+  path = T.save_vae(vae, tmp_path / "vae", latents_mean=mean, latents_std=std, extra={"x": 1})
+  T.save_vae(vae, path, latents_mean=mean, latents_std=std)  # replacing an existing folder works
+  loaded = load_vae(path)
+  assert loaded.cfg.base_dim == 4 and loaded.cfg.dim_mult == CFG.dim_mult
+  a = dict(nnx.to_flat_state(nnx.state(vae, nnx.Param)))
+  b = dict(nnx.to_flat_state(nnx.state(loaded, nnx.Param)))
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k].get_value()), np.asarray(b[k].get_value()))
+  m2, s2 = T.read_latent_stats(path)
+  np.testing.assert_allclose(m2, mean)
+  np.testing.assert_allclose(s2, std)
+
+
+def test_read_latent_stats_missing(tmp_path):
+  with pytest.raises(FileNotFoundError):
+    T.read_latent_stats(tmp_path)
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(ValueError, match="latents_mean"):
+    T.read_latent_stats(tmp_path)
+
+
+def test_normalize_custom_statistics():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 16)), jnp.float32)
+  mu, sd = np.linspace(-1, 1, 16), np.linspace(0.5, 2, 16)
+  z = normalize(x, latents_mean=mu, latents_std=sd)
+  np.testing.assert_allclose(z, (np.asarray(x) - mu) / sd, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(denormalize(z, latents_mean=mu, latents_std=sd), x, atol=1e-5)
+  # the defaults stay the Wan constants
+  np.testing.assert_allclose(normalize(x), (np.asarray(x) - LATENTS_MEAN) / np.asarray(LATENTS_STD),
+                             rtol=1e-5, atol=1e-6)  # fmt: skip
+  with pytest.raises(ValueError, match="one entry per latent channel"):
+    normalize(x, latents_mean=mu[:4], latents_std=sd[:4])
+
+
+def test_clip_batches_checks_and_shapes():
+  it = T.clip_batches(_clips(2, f=9, size=32), 3, 5, seed=0, crop=16)
+  b = next(it)
+  assert b.shape == (3, 5, 16, 16, 3) and b.dtype == np.float32 and -1 <= b.min() <= b.max() <= 1
+  with pytest.raises(ValueError, match="shorter"):
+    next(T.clip_batches(_clips(1, f=3), 1, 5, seed=0))
+  with pytest.raises(ValueError, match="multiple of 8"):
+    next(T.clip_batches(_clips(1, f=5, size=32), 1, 5, seed=0, crop=12))
