@@ -99,6 +99,10 @@ def default_loss_config(stage: int = 2) -> mlc.ConfigDict:
   # per_sample: pose scale 0 exactly for the samples with `pose_dropped`; official_batch: the
   # official rule (T2:987-990): 0 for the whole batch iff its whole pose video is black.
   c.pose_scale_rule = "per_sample"
+  # The VAE's per-channel latent statistics used to normalise x0 and the reference latents;
+  # empty = the Wan2.1 constants (set both for a VAE with its own statistics).
+  c.latents_mean = ()
+  c.latents_std = ()
   return c
 
 
@@ -228,6 +232,11 @@ def make_train_step(
   schedule = optim.learning_rate_schedule(oc)
   latents_mean = tuple(lc.get("latents_mean", ()) or LATENTS_MEAN)
   latents_std = tuple(lc.get("latents_std", ()) or LATENTS_STD)
+  if len(latents_mean) != len(LATENTS_MEAN) or len(latents_std) != len(LATENTS_STD):
+    raise ValueError(
+      f"config.loss.latents_mean/latents_std need {len(LATENTS_MEAN)} values each (or both empty "
+      f"for the Wan constants), got {len(latents_mean)} and {len(latents_std)}"
+    )
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     b, f, _, _ = check_batch(batch)
