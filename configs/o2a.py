@@ -14,6 +14,11 @@ Options (comma-separated `name=value`, a bare name sets a flag; the first bare t
   noscan                unrolled blocks instead of `lax.scan`
   data=synthetic        the built-in synthetic source (default for `tiny`) instead of ArrayRecord
   small                 `tiny` shrunk further (width 64, 2 blocks, small VAE): loop tests
+  puppet                the puppet-world toy model (`o2a demo`, assets/puppet_model): `tiny` with
+                        the shipped puppet VAE and its latent statistics, 64x64 clips of 9 frames;
+                        set --config.data.source to an `o2a data build` folder
+  vae=<folder>          with `puppet`: another trained VAE folder (default assets/puppet_vae); its
+                        config.json latent statistics normalise the latents
 
 Used by `o2a` commands as `--config configs/o2a.py:1.3b --config.model.attn_impl=cudnn`, and by
 `o2a train --config configs/o2a.py:model=tiny,stage=2 --workdir DIR --config.optim.lr=1e-5`.
@@ -45,6 +50,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     noscan=False,
     data="",
     small=False,
+    puppet=False,
+    vae="",
   )
   variant = arg.variant or arg.model
   if variant not in PRESETS:
@@ -170,4 +177,33 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   if variant == "tiny":
     c.optim.lr = 1e-3  # a visible loss drop within the short smoke run
     c.optim.warmup_steps = 0
+  if arg.puppet:
+    _puppet(c, arg.vae)
+  elif arg.vae:
+    raise KeyError("config arg vae= goes with puppet (the VAE of the puppet toy model)")
   return c
+
+
+def _puppet(c: mlc.ConfigDict, vae: str) -> None:
+  """The puppet-world toy recipe (assets/puppet_model/README.md has the commands and settings)."""
+  import pathlib
+
+  from o2a_jax.vae.train import read_latent_stats
+
+  vae = vae or str(pathlib.Path(__file__).resolve().parents[1] / "assets" / "puppet_vae")
+  c.vae.path = vae
+  # The puppet VAE's own per-channel statistics (its config.json), not Wan's: training
+  # normalises with these, and sampling must too (o2a_jax.puppets_eval reads the same file).
+  # Another VAE goes in through the `vae=` arg, so path and statistics stay together.
+  mean, std = read_latent_stats(vae)
+  c.loss.latents_mean = tuple(mean)
+  c.loss.latents_std = tuple(std)
+  # Training text is always the empty prompt (spec §7.8); here it is zeros of (7, text_dim):
+  # no text encoder exists for the toy, and sampling uses the same zeros.
+  c.text.embeds = ""
+  c.data.source = ""  # the `o2a data build official` folder of a puppet world (required)
+  c.data.frames = 9  # 3 latent frames: TokenReplace (stage 3) needs more than 2
+  c.data.global_batch = 4
+  c.data.bucket_scale = 0.125  # the 512 bucket -> 64x64 (the world's frame size)
+  c.optim.lr = 1e-3  # a toy model trained from scratch for minutes, not the official 1e-5
+  c.optim.warmup_steps = 20
