@@ -299,7 +299,7 @@ def restore_on_2x4(built, reference, tmp_path):
 
   _, initial = built
   mesh = sharding.make_mesh((2, 4, 1, 1))
-  shardings = step_lib.state_shardings(initial, mesh)
+  shardings = trainer.state_shardings(initial, mesh, trainer.rules(loop_config()))
   ckpts = ckpt_lib.Checkpoints(work / "checkpoints")
   restored = ckpts.restore(jax.device_put(jax.tree.map(jnp.copy, initial), shardings))
   saved = ckpts.restore(jax.tree.map(jnp.copy, initial), step=4)  # onto the 1x8 mesh
@@ -343,6 +343,25 @@ def test_run_continues_on_other_mesh(built, reference, tmp_path):
   np.testing.assert_allclose(
     [r["loss"] for r in result.history], [r["loss"] for r in ref.history[4:]], rtol=1e-4
   )
+
+
+def test_sharding_rules_from_config(built):
+  """Parameter rules come from `config.sharding.rules`; activation rules are the model's."""
+  s, initial = built
+  config = loop_config()
+  default = trainer.state_shardings(initial, s.mesh, trainer.rules(config))
+  specs = {x.spec for x in jax.tree.leaves(default)}
+  assert PartitionSpec(None, "fsdp") in specs or PartitionSpec("fsdp") in specs, specs
+  config.sharding.rules = tuple(
+    (k, None if k == "embed" else v) for k, v in config.sharding.rules
+  )  # no FSDP: every parameter replicated
+  replicated = trainer.state_shardings(initial, s.mesh, trainer.rules(config))
+  assert all("fsdp" not in str(x.spec) for x in jax.tree.leaves(replicated))
+  config.sharding.rules = tuple(
+    (k, "tensor" if k == "act_tokens" else v) for k, v in config.sharding.rules
+  )
+  with pytest.raises(ValueError, match="activation axis 'act_tokens'"):
+    trainer.rules(config)
 
 
 def test_sigterm_saves_and_returns(built, reference, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ without writing a checkpoint, so the last good one stays the latest.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import pathlib
@@ -55,22 +56,49 @@ class TrainResult:
   state: step_lib.TrainState
   graphs: step_lib.TrainGraphs
   reason: str
-  history: list[dict]
+  history: list[dict]  # per-step figures of this call (the last 10,000)
 
 
 # --- construction -----------------------------------------------------------------------------
 
 
+def rules(config: mlc.ConfigDict) -> tuple:
+  """`config.sharding.rules` as a tuple table (logical name -> mesh axes).
+
+  Parameter names (`embed`, `heads`, `mlp`, `layers`, `conv`) may map anywhere: they decide the
+  parameter, optimizer-moment and EMA shardings. Activation names (`act_*`) are resolved inside
+  the model by `o2a_jax.sharding.RULES` and must stay as that table has them.
+  """
+  table = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding.rules)
+  builtin = dict(sharding.RULES)
+  for name, axes in table:
+    if name.startswith("act_") and builtin.get(name, axes) != axes:
+      raise ValueError(
+        f"config.sharding.rules maps activation axis {name!r} to {axes!r}; activations follow "
+        f"o2a_jax.sharding.RULES ({builtin[name]!r}), change only parameter names"
+      )
+  return table
+
+
 def make_mesh(config: mlc.ConfigDict) -> jax.sharding.Mesh:
-  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding.rules)
-  if rules != tuple(sharding.RULES):
-    # The model constrains activations and names parameters through `sharding.RULES`; a
-    # different table would shard parameters and activations inconsistently.
-    raise ValueError(
-      "config.sharding.rules differs from o2a_jax.sharding.RULES; only the built-in table is "
-      "wired through the model so far, leave config.sharding.rules at its default"
-    )
+  rules(config)  # validated before any device work
   return sharding.make_mesh(tuple(config.train.mesh_shape))
+
+
+def state_shardings(state, mesh: jax.sharding.Mesh, table) -> object:
+  """NamedShardings of the state (a prefix tree for `jax.jit`): every parameter-like Variable
+  (params, frozen, their Adam moments, EMA) by its logical axes through `table`, the rest
+  replicated. With the built-in table this is `step.state_shardings`."""
+  from flax import nnx
+
+  def one(x):
+    if isinstance(x, nnx.Variable):
+      names = x.get_metadata().get("out_sharding")
+      if names is not None:
+        return NamedSharding(mesh, sharding.logical_to_spec(names, table))
+    return NamedSharding(mesh, PartitionSpec())
+
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def build_vae(config: mlc.ConfigDict):
@@ -240,7 +268,7 @@ def setup(config: mlc.ConfigDict, *, mesh: jax.sharding.Mesh | None = None) -> S
       model, vae, config, seed=config.seed, text_embeds=text_embeds(config)
     )
     del model, vae
-    shardings = step_lib.state_shardings(state, mesh)
+    shardings = state_shardings(state, mesh, rules(config))
     state = jax.device_put(state, shardings)
   bsh = batch_sharding(mesh)
   step_fn = jax.jit(
@@ -339,7 +367,7 @@ def train(
   cfg = _denoiser_cfg(config)
   peak = tcfg.peak_tflops or metrics_lib.peak_tflops()
   flops_cache: dict = {}
-  history: list[dict] = []
+  history: collections.deque = collections.deque(maxlen=10_000)  # the last steps' figures
   reason = "done"
   it = start
   window_t, window_n = None, 0
@@ -406,7 +434,7 @@ def train(
     bar.close()
     writer.close()
     ckpts.close()
-  return TrainResult(it, state, s.graphs, reason, history)
+  return TrainResult(it, state, s.graphs, reason, list(history))
 
 
 def write_samples(config, graphs, state, local: dict, folder: pathlib.Path, step: int) -> None:
@@ -415,6 +443,10 @@ def write_samples(config, graphs, state, local: dict, folder: pathlib.Path, step
 
   from o2a_jax import pipeline, video_io
 
+  if jax.process_count() > 1:
+    # Every process must run the sampler on the same inputs: process 0's first sample.
+    first = {k: np.asarray(v[:1]) for k, v in local.items()}
+    local = multihost_utils.broadcast_one_to_all(first)
   model = step_lib.merge_model(graphs, state)
   vae = nnx.merge(graphs.vae, state.vae)
   f, h, w = local["video"].shape[1:4]
