@@ -1,0 +1,267 @@
+"""Puppet-world evaluation pieces shared by `o2a demo` and `benchmarks/puppet_eval.py`.
+
+Dims: N frames, H/W height/width, T latent frames, h/w latent height/width.
+
+- Metrics on uint8 RGB videos (N,H,W,3) against the exact ground truth: `psnr` (one MSE over all
+  pixels and frames of a video, peak 255) and `ssim` (the scikit-image default: grayscale by the
+  ITU-R 601 luma weights, a 7x7 uniform window, K1 = 0.01, K2 = 0.03, data range 255, sample
+  covariances (x 49/48), the mean of the SSIM map over the window-valid region (skimage crops the
+  3-pixel border), averaged over frames), written in NumPy.
+- `StatsVAE`: a VAE whose latent statistics are the puppet VAE's own. `generate_chunk` normalises
+  with the Wan2.1 constants; this wrapper re-expresses the puppet VAE's latents in that scale
+  (encode: (z - m) / s * S + M; decode: the inverse), so the denoiser sees exactly
+  (z - m) / s, the normalisation its training used (`configs/o2a.py` `puppet`: config.loss
+  latents_mean/std from the same config.json).
+- `load_puppet_models`: the shipped puppet denoiser and its VAE (`assets/puppet_model`,
+  `assets/puppet_model/vae`: the denoiser is trained in that VAE's latent space, so they ship
+  together).
+- `puppet_inputs`: a held-out puppet clip of the generator with its aligned and misaligned
+  reference, prepared as model inputs exactly like `o2a animate` (`inference.prepare`).
+- `animate`: chunks of `chunk` frames advancing by chunk - 5 with TokenReplace context (the
+  `o2a animate` loop with a shorter chunk, so a clip of a few dozen frames takes two chunks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MODEL_DIR = REPO / "assets" / "puppet_model"
+VAE_DIR = MODEL_DIR / "vae"  # the VAE whose latent space the shipped denoiser was trained in
+TEXT_LEN = 7  # the `puppet` config's empty-prompt embedding: zeros of (7, text_dim)
+CONTEXT = 5  # TokenReplace context frames
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def _check_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+  a, b = np.asarray(a), np.asarray(b)
+  if a.shape != b.shape or a.dtype != np.uint8 or b.dtype != np.uint8 or a.shape[-1] != 3:
+    raise ValueError(
+      f"metrics take two uint8 (..., H, W, 3) arrays of one shape, got {a.dtype}{a.shape} and "
+      f"{b.dtype}{b.shape}"
+    )
+  return a, b
+
+
+def psnr(a, b) -> float:
+  """PSNR in dB of uint8 `a` against `b` (one MSE over everything, peak 255)."""
+  a, b = _check_pair(a, b)
+  mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+  return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
+
+
+def _gray(x: np.ndarray) -> np.ndarray:
+  return x.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def _box7(x: np.ndarray) -> np.ndarray:
+  """Mean over 7x7 windows, valid positions only: (..., H, W) -> (..., H-6, W-6)."""
+  k = 7
+  c = np.cumsum(np.cumsum(x, axis=-1), axis=-2)
+  c = np.pad(c, [(0, 0)] * (x.ndim - 2) + [(1, 0), (1, 0)])
+  s = c[..., k:, k:] - c[..., :-k, k:] - c[..., k:, :-k] + c[..., :-k, :-k]
+  return s / (k * k)
+
+
+def ssim(a, b) -> float:
+  """Mean SSIM of uint8 RGB `a` against `b` (skimage defaults on grayscale, see the docstring)."""
+  a, b = _check_pair(a, b)
+  x, y = _gray(a), _gray(b)
+  if x.shape[-1] < 7 or x.shape[-2] < 7:
+    raise ValueError(f"ssim needs frames of at least 7x7 pixels, got {x.shape[-2:]}")
+  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+  cov = 49.0 / 48.0
+  ux, uy = _box7(x), _box7(y)
+  vx = cov * (_box7(x * x) - ux * ux)
+  vy = cov * (_box7(y * y) - uy * uy)
+  vxy = cov * (_box7(x * y) - ux * uy)
+  s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+  return float(np.mean(s.reshape(-1, *s.shape[-2:]).mean(axis=(-2, -1))))
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+class StatsVAE:
+  """A VAE seen through its own latent statistics by code that normalises with Wan's (module doc).
+
+  `encode` and `decode` take and return what the wrapped `WanVAE` does; everything else is
+  forwarded.
+  """
+
+  def __init__(self, vae, latents_mean, latents_std):
+    from o2a_jax.vae.model import LATENTS_MEAN, LATENTS_STD
+
+    self.vae = vae
+    self._m = jnp.asarray(latents_mean, jnp.float32)
+    self._s = jnp.asarray(latents_std, jnp.float32)
+    self._wm = jnp.asarray(LATENTS_MEAN, jnp.float32)
+    self._ws = jnp.asarray(LATENTS_STD, jnp.float32)
+    if self._m.shape != self._wm.shape or self._s.shape != self._ws.shape:
+      raise ValueError(
+        f"latent statistics must have {self._wm.shape[0]} channels, got "
+        f"{self._m.shape} and {self._s.shape}"
+      )
+
+  def encode(self, video):
+    z = self.vae.encode(video).astype(jnp.float32)
+    return (z - self._m) / self._s * self._ws + self._wm
+
+  def decode(self, latents):
+    z = (latents.astype(jnp.float32) - self._wm) / self._ws * self._s + self._m
+    return self.vae.decode(z)
+
+  def __getattr__(self, name):
+    return getattr(self.vae, name)
+
+
+def load_puppet_models(model_dir=MODEL_DIR, vae_dir=VAE_DIR):
+  """(denoiser, StatsVAE) float32 from the shipped folders (or the given ones)."""
+  from o2a_jax.convert import load_official, load_vae
+  from o2a_jax.vae.train import read_latent_stats
+
+  for what, p in (("puppet model", model_dir), ("puppet VAE", vae_dir)):
+    if not pathlib.Path(p).is_dir():
+      raise FileNotFoundError(
+        f"{what} folder {str(p)!r} not found; it ships in the repository under "
+        "assets/puppet_model (assets/puppet_model/README.md has the commands that rebuild it)"
+      )
+  model = load_official(model_dir, dtype=jnp.float32)
+  mean, std = read_latent_stats(vae_dir)
+  vae = StatsVAE(load_vae(vae_dir, dtype=jnp.float32), mean, std)
+  return model, vae
+
+
+def empty_text(model) -> np.ndarray:
+  """The empty prompt's embedding the toy was trained with: zeros (TEXT_LEN, text_dim)."""
+  return np.zeros((TEXT_LEN, model.cfg.text_dim), np.float32)
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PuppetCase:
+  """A held-out clip: ground truth uint8 (N,H,W,3), keypoints (N,133,3), the misaligned
+  reference image and keypoints, and the generator's description."""
+
+  frames: np.ndarray
+  kp133: np.ndarray
+  ref_frame: np.ndarray
+  ref_kp133: np.ndarray
+  meta: dict
+
+
+def heldout_case(index: int, *, frames: int, size: int = 64, seed: int = 0) -> PuppetCase:
+  """Held-out clip `index` of the world (seed, size), rendered on the fly (no files needed).
+
+  Held-out puppets are drawn from their own random stream: neither the VAE nor the denoiser saw
+  them (`data_pipeline.puppets.world`).
+  """
+  from data_pipeline.puppets.world import WorldConfig, make_video
+
+  cfg = WorldConfig(seed=seed, videos=1, images=0, heldout=16, height=size, width=size,
+                    frames=frames)  # fmt: skip
+  clip = make_video(cfg, index, heldout=True)
+  ref = clip.meta.pop("ref")
+  return PuppetCase(clip.frames, clip.kp133, ref.frames[0], ref.kp133[0], clip.meta)
+
+
+def prepare_case(case: PuppetCase, *, aligned: bool, progress: bool = False):
+  """(Prepared inputs, reference image, reference pose dict, driving pose dicts) of a case.
+
+  Aligned: the reference is the clip's first frame; misaligned: the other-framing still. The
+  driving poses are the clip's exact keypoints ('ref' mode, no retargeting), as `o2a animate`
+  prepares them.
+  """
+  from o2a_jax.inference.prepare import Poses, driving_dicts, prepare, ref_dict
+
+  n, h, w = case.frames.shape[:3]
+  image = case.frames[0] if aligned else case.ref_frame
+  ref_kp = case.kp133[0] if aligned else case.ref_kp133
+  ref = Poses(kp133=np.asarray(ref_kp, np.float32)[None], width=w, height=h)
+  drv = Poses(kp133=np.asarray(case.kp133, np.float32), width=w, height=h)
+  inputs = prepare(image, ref, drv, mode="ref", size=(h, w), progress=progress)
+  return inputs, image, ref_dict(ref, w, h), driving_dicts(drv, w, h)
+
+
+def translate_baseline(image, ref_pose: dict, driving: list[dict], frames: int) -> np.ndarray:
+  """The pose-guided translation of the reference (`pose.translate_reference`, spec §6.4) onto
+  each driving frame, as a video (N,H,W,3): the reference moved and scaled, nothing animated."""
+  from o2a_jax.pose import translate_reference
+
+  return np.stack([translate_reference(image, ref_pose, d)[0] for d in driving[:frames]])
+
+
+# --- sampling ------------------------------------------------------------------------------------
+
+
+def chunk_plan(n: int, chunk: int):
+  """Chunks of `chunk` frames advancing by chunk - 5; the last ends at or after frame n (its
+  extra frames repeat the last pose and are dropped)."""
+  from o2a_jax.inference.chunks import Chunk
+
+  if chunk < 9 or (chunk - 1) % 4:
+    raise ValueError(f"chunk must be 4k+1 frames and at least 9, got {chunk}")
+  chunks = [Chunk(0, chunk, 0)]
+  while chunks[-1].end < n:
+    s = chunks[-1].end - CONTEXT
+    chunks.append(Chunk(s, s + chunk, s + CONTEXT))
+  return chunks
+
+
+def animate(
+  model,
+  vae,
+  inputs,
+  *,
+  chunk: int = 17,
+  steps: int = 20,
+  shift: float = 7.0,
+  image_guidance: float = 2.5,
+  pose_guidance: float = 1.5,
+  pose_scale: float = 1.0,
+  drop_reference: bool = False,
+  seed: int = 42,
+  progress: bool = True,
+) -> np.ndarray:
+  """Animates `inputs` (a `Prepared`); uint8 (N,H,W,3).
+
+  `drop_reference`: the reference-extractor ablation: the reference and its mask are replaced by
+  the black image the model sees when the reference is dropped in training (ref CFG off).
+  """
+  from o2a_jax.inference.animate import chunk_noise, chunk_poses
+  from o2a_jax.inference.chunks import place
+  from o2a_jax.inference.prepare import to_model_range
+  from o2a_jax.pipeline import generate_chunk
+  from o2a_jax.video_io import to_uint8
+
+  poses = np.asarray(inputs.poses)
+  n, hh, ww = poses.shape[:3]
+  image, mask = inputs.image, inputs.mask
+  if drop_reference:
+    image = np.zeros_like(image)
+    mask = np.zeros_like(mask)
+  text = empty_text(model)
+  ref_pose = to_model_range(inputs.ref_pose)[None]
+  video = np.zeros((n, hh, ww, 3), np.uint8)
+  chunks = chunk_plan(n, chunk)
+  with tqdm(total=steps * len(chunks), desc="denoising", unit="step", disable=not progress) as bar:
+    for i, c in enumerate(chunks):
+      bar.set_description(f"denoising chunk {i + 1}/{len(chunks)}")
+      prev = video[c.start : c.start + CONTEXT].copy() if c.context else None
+      out = generate_chunk(
+        model, vae, image, mask, to_model_range(chunk_poses(poses, c)), ref_pose, text, text,
+        chunk_noise(seed, c.frames, hh, ww), steps=steps, shift=shift,
+        image_guidance=image_guidance, pose_guidance=pose_guidance, pose_scale=pose_scale,
+        prev_frames=prev, on_step=lambda _: bar.update(1),
+      )  # fmt: skip
+      place(video, c, to_uint8(out))
+  return video

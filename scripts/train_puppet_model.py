@@ -1,0 +1,246 @@
+"""Trains the puppet toy model (assets/puppet_model) through stages 1, 2 and 3 with `o2a train`.
+
+  python scripts/make_puppet_world.py --out /tmp/pm/world --videos 160 --images 64 --heldout 16 \\
+      --puppets 40 --seed 0 --size 64 --frames 48
+  python scripts/train_puppet_model.py --world /tmp/pm/world --workdir /tmp/pm/run \\
+      --out assets/puppet_model
+
+(the exact commands and settings of the shipped weights are in assets/puppet_model/README.md)
+
+The project's own pipeline end to end: `o2a data build official` turns the world's `train.csv`
+(the official layout, spec §7.2) into ArrayRecords; each stage is one `o2a train` run with the
+`puppet` config (`configs/o2a.py`: the `tiny` architecture, the shipped puppet VAE and its latent
+statistics, 64x64 clips of 9 frames, zero text embeddings for the always-empty prompt); after each
+stage the last checkpoint's parameters are exported in the official layout (`save_official`),
+which initialises the next stage as the recipe says (spec §7.12: a stage-1 export -> stage 2 with
+pose blocks copied from the backbone and zero projections; the stage-2 model -> stage 3). The toy
+has no Wan2.1-T2V backbone, so stage 1 starts from the seeded random init. The last export is
+copied to `--out` with `training.json` (commands, settings, wall times, per-stage loss curves).
+
+Each `o2a train` runs in a child process as `o2a_jax.cli.main(["train", ...])` (this script with
+`_o2a_train` first) with 3-D convolutions computed as sums of per-tap 2-D convolutions: the frozen
+VAE that encodes every batch (`o2a_jax.vae.train.conv_as_2d_taps`) and the pose encoder's causal
+3-D convolutions (`_conv3d_by_2d_taps` below). Same results to float rounding (measured max
+difference 2e-6); XLA's CPU backend runs 3-D convolutions several times slower (the VAE encode
+and the pose encoder dominate the toy's step; measured 2.4x on a pose-encoder conv gradient).
+`--vae` picks the VAE folder (default assets/puppet_vae); its latent statistics normalise the
+latents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _conv3d_by_2d_taps(self, x):
+  """`o2a_jax.layers.conv_encoders.Conv` on a 3-D kernel as kt strided 2-D convolutions."""
+  import jax
+  import jax.numpy as jnp
+
+  kt = self.kernel.shape[0]
+  st, sh, sw = self.stride
+  b, t = x.shape[:2]
+  t_out = (t - kt) // st + 1
+  w = self.kernel[...].astype(self.dtype)
+  x = x.astype(self.dtype)
+  y = 0.0
+  for k in range(kt):
+    xs = x[:, k : k + st * (t_out - 1) + 1 : st].reshape(b * t_out, *x.shape[2:])
+    y = y + jax.lax.conv_general_dilated(
+      xs, w[k], (sh, sw), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      preferred_element_type=jnp.float32,
+    )  # fmt: skip
+  y = y.reshape(b, t_out, *y.shape[1:])
+  return (y + self.bias[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def o2a_train_2d_taps(argv: list[str]) -> int:
+  """`o2a train argv...` with the 2-D-tap convolutions (see the module docstring)."""
+  from o2a_jax.cli import main as o2a_main
+  from o2a_jax.layers.conv_encoders import Conv
+  from o2a_jax.vae.train import conv_as_2d_taps
+
+  original = Conv.__call__
+
+  def call(self, x):
+    return _conv3d_by_2d_taps(self, x) if self.kernel.ndim == 5 else original(self, x)
+
+  Conv.__call__ = call
+  try:
+    with conv_as_2d_taps():
+      return o2a_main(["train", *argv])
+  finally:
+    Conv.__call__ = original
+
+
+def _run(cmd: list[str]) -> float:
+  print("$", " ".join(cmd), flush=True)
+  t0 = time.perf_counter()
+  subprocess.run(cmd, check=True, cwd=REPO)
+  return time.perf_counter() - t0
+
+
+def config_arg(stage: int, vae: str) -> str:
+  return f"model=tiny,puppet,stage={stage}" + (f",vae={vae}" if vae else "")
+
+
+def stage_config(arg: str, overrides: list[str]):
+  """The `o2a train` config `arg` with `--config.a.b=v` overrides applied (for export)."""
+  from configs.o2a import get_config
+
+  c = get_config(arg)
+  for o in overrides:
+    key, _, value = o.removeprefix("--config.").partition("=")
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    old = node[leaf]
+    node[leaf] = type(old)(value) if not isinstance(old, bool) else value == "True"
+  return c
+
+
+def export_stage(arg: str, overrides: list[str], workdir: pathlib.Path, out: pathlib.Path):
+  """Last checkpoint of a stage's run -> official safetensors folder `out` (+ loss history)."""
+  from o2a_jax.convert import save_official
+  from o2a_jax.train import checkpoints as ckpt_lib
+  from o2a_jax.train import step as step_lib
+  from o2a_jax.train import trainer
+
+  config = stage_config(arg, overrides)
+  config.init.checkpoint = ""  # the template only needs shapes; the checkpoint fills it
+  s = trainer.setup(config)
+  ckpts = ckpt_lib.Checkpoints(workdir / "checkpoints", keep=2, async_save=False)
+  step = ckpts.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
+  state = ckpts.restore(s.state, None, step=step)
+  ckpts.close()
+  model = step_lib.merge_model(s.graphs, state)
+  if out.exists():
+    shutil.rmtree(out)
+  save_official(model, out)
+  return step
+
+
+def tb_losses(workdir: pathlib.Path) -> list[tuple[int, float]]:
+  """(step, loss) pairs from the run's TensorBoard event files (TFRecord: length, crc, Event
+  proto, crc), read with tensorboardX's protos."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  out = []
+  for path in sorted((workdir / "tb").glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    i = 0
+    while i < len(data):
+      (n,) = struct.unpack("<Q", data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        if v.tag == "loss" and v.HasField("simple_value"):
+          out.append((int(event.step), float(v.simple_value)))
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument("--world", required=True, help="puppet world folder (make_puppet_world.py)")
+  p.add_argument("--workdir", required=True, help="run folder (data/, stage1/..3/, exports)")
+  p.add_argument("--out", required=True, help="output model folder (replaced if it exists)")
+  p.add_argument("--steps", default="60,300,60", help="steps of stages 1,2,3 (default 60,300,60)")
+  p.add_argument("--lr", default="1e-3,1e-3,3e-4", help="peak learning rates of stages 1,2,3")
+  p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps of every stage")
+  p.add_argument("--batch", type=int, default=4, help="global batch (default 4)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--vae", default="", help="VAE folder (default: assets/puppet_vae)")
+  args = p.parse_args(argv)
+  steps = [int(x) for x in args.steps.split(",")]
+  lrs = [float(x) for x in args.lr.split(",")]
+  if len(steps) != 3 or len(lrs) != 3:
+    print("train_puppet_model: error: --steps and --lr take three values", file=sys.stderr)
+    return 2
+  world, work, out = map(lambda x: pathlib.Path(x).absolute(), (args.world, args.workdir, args.out))
+  work.mkdir(parents=True, exist_ok=True)
+  o2a = [sys.executable, "-m", "o2a_jax.cli"]
+  o2a_train = [sys.executable, str(pathlib.Path(__file__).absolute()), "_o2a_train"]
+  vae = str(pathlib.Path(args.vae).absolute()) if args.vae else ""
+  log: dict = {"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])}
+  t_all = time.perf_counter()
+  data = work / "data"
+  if not (data / "dataset_info.json").exists():
+    log["data_build_seconds"] = _run(
+      o2a + ["data", "build", "official", str(world / "train.csv"), str(data), "--image-format",
+             "png", "--quiet"]
+    )  # fmt: skip
+  prev = ""
+  stages = []
+  for i, stage in enumerate((1, 2, 3)):
+    overrides = [
+      f"--config.data.source={data}",
+      f"--config.train.steps={steps[i]}",
+      f"--config.optim.lr={lrs[i]}",
+      f"--config.optim.warmup_steps={args.warmup}",
+      f"--config.data.global_batch={args.batch}",
+      f"--config.seed={args.seed + stage}",
+      f"--config.train.ckpt_every={steps[i]}",
+      "--config.train.log_every=5",
+    ]
+    if prev:
+      overrides.append(f"--config.init.checkpoint={prev}")
+    wd = work / f"stage{stage}"
+    arg = config_arg(stage, vae)
+    cmd = o2a_train + [f"--config=configs/o2a.py:{arg}", f"--workdir={wd}", *overrides]
+    train_s = _run(cmd)
+    t0 = time.perf_counter()
+    export = work / f"stage{stage}_export"
+    last = export_stage(arg, overrides, wd, export)
+    export_s = time.perf_counter() - t0
+    losses = tb_losses(wd)
+    stages.append(
+      {
+        "stage": stage,
+        "command": " ".join(["o2a train", *cmd[3:]]) + "  (2-D-tap convolutions)",
+        "steps": last,
+        "train_seconds": train_s,
+        "export_seconds": export_s,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "loss_log": losses,
+      }
+    )
+    print(f"stage {stage}: {last} steps in {train_s:.0f} s; loss {stages[-1]['loss_first']} -> "
+          f"{stages[-1]['loss_last']}", flush=True)  # fmt: skip
+    prev = str(export)
+  log["stages"] = stages
+  log["total_seconds"] = time.perf_counter() - t_all
+  log["world"] = json.loads((world / "world.json").read_text())["config"]
+  tmp = out.with_name(out.name + ".tmp")
+  if tmp.exists():
+    shutil.rmtree(tmp)
+  shutil.copytree(prev, tmp)
+  (tmp / "training.json").write_text(json.dumps(log, indent=1))
+  if out.exists():
+    shutil.rmtree(out)
+  os.replace(tmp, out)
+  print(f"wrote {out} in {log['total_seconds']:.0f} s in total")
+  return 0
+
+
+if __name__ == "__main__":
+  if sys.argv[1:2] == ["_o2a_train"]:
+    sys.exit(o2a_train_2d_taps(sys.argv[2:]))
+  sys.exit(main())

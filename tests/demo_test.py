@@ -1,0 +1,96 @@
+"""Puppet world end to end: generator -> `o2a data build` -> Grain pipeline -> train step (the
+loss falls), the evaluation metrics, and `o2a demo` with the shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from o2a_jax import puppets_eval as E
+
+SHIPPED = E.MODEL_DIR.is_dir() and E.VAE_DIR.is_dir()
+
+
+def test_ssim_psnr_match_definitions():
+  rng = np.random.default_rng(0)
+  a = rng.integers(0, 256, (2, 16, 20, 3), dtype=np.uint8)
+  assert E.ssim(a, a) == pytest.approx(1.0) and E.psnr(a, a) == float("inf")
+  b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+  mse = np.mean((a.astype(float) - b) ** 2)
+  assert E.psnr(b, a) == pytest.approx(10 * np.log10(255**2 / mse))
+  # SSIM of one 7x7 window, written out from the formula (sample covariance).
+  x = (a[0, :7, :7].astype(float) @ [0.299, 0.587, 0.114]).ravel()
+  y = (b[0, :7, :7].astype(float) @ [0.299, 0.587, 0.114]).ravel()
+  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+  cxy = np.cov(x, y)
+  want = ((2 * x.mean() * y.mean() + c1) * (2 * cxy[0, 1] + c2)) / (
+    (x.mean() ** 2 + y.mean() ** 2 + c1) * (cxy[0, 0] + cxy[1, 1] + c2)
+  )
+  assert E.ssim(b[:1, :7, :7], a[:1, :7, :7]) == pytest.approx(want, rel=1e-9)
+  assert 0 < E.ssim(b, a) < 1
+  with pytest.raises(ValueError, match="uint8"):
+    E.psnr(a.astype(np.float32), a)
+
+
+@pytest.mark.skipif(not SHIPPED, reason="assets/puppet_model not shipped")
+def test_puppet_training_loss_falls(tmp_path):
+  """A small puppet world through the official layout, `o2a data build`, the Grain pipeline and
+  the jitted train step of the `puppet` config (stage 2): on one batch with the step's random
+  draws held fixed, the loss falls."""
+  import data_pipeline
+  from configs.o2a import get_config
+  from data_pipeline.puppets.world import WorldConfig, write_world
+  from o2a_jax import sharding
+  from o2a_jax.cli import main
+  from o2a_jax.train import trainer
+
+  world = tmp_path / "world"
+  write_world(
+    WorldConfig(seed=3, videos=2, images=1, heldout=1, height=32, width=32, frames=10),
+    world,
+    progress=False,
+  )
+  data = tmp_path / "data"
+  assert main(["data", "build", "official", str(world / "train.csv"), str(data), "--quiet"]) == 0
+  c = get_config(f"model=tiny,small,puppet,stage=2,vae={E.VAE_DIR}")
+  c.data.source = str(data)
+  c.data.bucket_scale = 0.0625  # the 512 bucket -> 32x32 (the world's size)
+  c.data.global_batch = 2
+  c.optim.warmup_steps = 0
+  it = data_pipeline.train_iterator(c.data)
+  batch = next(b for b in it if b["video"].shape[1] > 1)  # a video batch, not image pairs
+  assert batch["video"].shape == (2, 9, 32, 32, 3)
+  s = trainer.setup(c, mesh=sharding.make_mesh((1, 1, 1, 1), jax.devices()[:1]))
+  state, rng = s.state, s.state.rng
+  losses = []
+  for _ in range(6):
+    state, m = s.step_fn(state.replace(rng=rng), batch)
+    losses.append(float(jax.device_get(m["loss"])))
+  assert all(np.isfinite(losses)), losses
+  assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.skipif(not SHIPPED, reason="assets/puppet_model not shipped")
+def test_demo_writes_its_files(tmp_path, capsys):
+  from o2a_jax.cli import main
+
+  out = tmp_path / "demo"
+  args = ["demo", "--out", str(out), "--frames", "9", "--chunk", "9", "--steps", "2", "--quiet"]
+  assert main(args) == 0
+  for name in ("result.gif", "result.mp4", "side_by_side.gif", "side_by_side.mp4",
+               "reference.png", "metrics.json"):  # fmt: skip
+    assert (out / name).stat().st_size > 0, name
+  metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+  assert np.isfinite(metrics["model"]["psnr_db"]) and -1 <= metrics["model"]["ssim"] <= 1
+  text = capsys.readouterr().out
+  assert str(out.absolute()) in text and "PSNR" in text
+
+
+def test_demo_rejects_bad_flags(capsys):
+  from o2a_jax.cli import main
+
+  assert main(["demo", "--chunk", "10"]) == 2
+  assert "--chunk" in capsys.readouterr().err
