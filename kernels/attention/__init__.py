@@ -41,11 +41,28 @@ _IMPLS = {
 IMPLS = tuple(_IMPLS)
 
 
+def register(name: str, attention_fn, hybrid_fn) -> None:
+  """Adds an implementation (e.g. a context-parallel wrapper of another one) under `name`.
+
+  Both callables take the signatures of `attention` / `hybrid_attention` below without `impl`.
+  Registering the same name again with other functions is an error (idempotent otherwise).
+  """
+  entry = _IMPLS.get(name)
+  if entry is not None and entry != (attention_fn, hybrid_fn):
+    raise ValueError(f"attention impl {name!r} is already registered")
+  _IMPLS[name] = (attention_fn, hybrid_fn)
+
+
+def registered() -> tuple[str, ...]:
+  """Every implementation name usable as `impl` (the built-in `IMPLS` plus registered ones)."""
+  return tuple(_IMPLS)
+
+
 def _lookup(impl: str):
   try:
     return _IMPLS[impl]
   except KeyError:
-    raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}") from None
+    raise ValueError(f"unknown attention impl {impl!r}; choose one of {registered()}") from None
 
 
 def attention(q, k, v, *, q_rope=None, k_rope=None, impl: str = "xla"):

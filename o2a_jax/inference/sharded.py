@@ -26,7 +26,8 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from kernels.attention import _IMPLS, _lookup, compat
+from kernels import attention as attention_impls
+from kernels.attention import _lookup, compat
 from kernels.attention import context_parallel as cp
 from o2a_jax import sharding
 
@@ -83,8 +84,9 @@ def register_context_parallel(impl: str = "xla", strategy: str = "allgather") ->
     raise ValueError(f"attention impl {impl!r} is already context-parallel")
   _lookup(impl)  # a clear error for an unknown base implementation
   name = f"{PREFIX}{strategy}:{impl}"
-  if name not in _IMPLS:
-    _IMPLS[name] = (
+  if name not in attention_impls.registered():
+    attention_impls.register(
+      name,
       functools.partial(_attention, impl=impl, strategy=strategy),
       functools.partial(_hybrid, impl=impl, strategy=strategy),
     )
