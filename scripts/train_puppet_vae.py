@@ -41,6 +41,11 @@ def main(argv=None) -> int:
   p.add_argument("--crop", type=int, default=32, help="random square crop size (0: full frames)")
   p.add_argument("--lr", type=float, default=d.lr)
   p.add_argument("--kl-weight", type=float, default=d.kl_weight)
+  p.add_argument("--b2", type=float, default=d.b2, help="Adam second-moment decay")
+  p.add_argument("--recon", default=d.recon, help="reconstruction loss: mse, l1 or mse+l1")
+  p.add_argument("--no-sample", action="store_true", help="decode the posterior mean, not a sample")
+  p.add_argument("--warmup", type=int, default=d.warmup)
+  p.add_argument("--init", default="", help="continue from this VAE folder (else a fresh init)")
   p.add_argument("--base-dim", type=int, default=d.base_dim)
   p.add_argument("--seed", type=int, default=d.seed)
   p.add_argument("--eval-frames", type=int, default=9, help="frames per held-out clip (4k+1)")
@@ -61,12 +66,21 @@ def main(argv=None) -> int:
   held = [load_gt(f)["frames"][: args.eval_frames] for f in held_files]
   cfg = T.TrainConfig(
     base_dim=args.base_dim, lr=args.lr, steps=args.steps, batch=args.batch, frames=args.frames,
-    kl_weight=args.kl_weight, seed=args.seed,
+    kl_weight=args.kl_weight, seed=args.seed, b2=args.b2, recon=args.recon,
+    sample=not args.no_sample, warmup=args.warmup,
   )  # fmt: skip
-  vae = T.new_vae(cfg)
+  if args.init:
+    from o2a_jax.convert import load_vae
+
+    vae = load_vae(args.init)
+    if vae.cfg.base_dim != cfg.base_dim:
+      print(f"train_puppet_vae: error: --init has base_dim {vae.cfg.base_dim}", file=sys.stderr)
+      return 2
+  else:
+    vae = T.new_vae(cfg)
   t0 = time.perf_counter()
   psnr_init = T.reconstruction_psnr(vae, held)
-  print(f"held-out PSNR before training: {psnr_init:.2f} dB ({len(held)} clips)")
+  print(f"held-out PSNR at the start: {psnr_init:.2f} dB ({len(held)} clips)")
   batches = T.clip_batches(videos, cfg.batch, cfg.frames, cfg.seed, crop=args.crop or None)
   t1 = time.perf_counter()
   log = T.train(vae, batches, cfg)
@@ -81,7 +95,8 @@ def main(argv=None) -> int:
     "config": dataclasses.asdict(cfg),
     "crop": args.crop,
     "world": json.loads((world / "world.json").read_text())["config"],
-    "heldout_psnr_db": {"untrained": psnr_init, "trained": psnr_final},
+    "init": args.init or None,
+    "heldout_psnr_db": {"start": psnr_init, "trained": psnr_final},
     "train_clips_psnr_db": psnr_train,
     "eval": f"{len(held)} held-out clips x {args.eval_frames} frames, decode(encode(x)) clamped",
     "train_seconds": train_s,

@@ -45,10 +45,10 @@ def trained():
 
 def test_loss_falls(trained):
   _, log = trained
-  losses = [m["l1"] for m in log]
+  losses = [m["mse"] for m in log]
   assert len(losses) == CFG.steps
   assert np.all(np.isfinite(losses))
-  print(f"l1 first 3 {np.mean(losses[:3]):.4f} last 3 {np.mean(losses[-3:]):.4f}")
+  print(f"mse first 3 {np.mean(losses[:3]):.4f} last 3 {np.mean(losses[-3:]):.4f}")
   assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
 
 
