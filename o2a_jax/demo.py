@@ -1,8 +1,8 @@
 """`o2a demo`: animate a held-out puppet with the shipped toy model, on CPU, nothing downloaded.
 
-Loads the tiny One-to-All denoiser trained on the puppet world through stages 1-3 and the small
-puppet VAE whose latent space it was trained in (`assets/puppet_model`, `assets/puppet_model/vae`;
-see assets/puppet_model/README.md), renders a held-out
+Loads the tiny One-to-All denoiser trained on the puppet world through stages 1-3
+(`assets/puppet_model`, see its README) and the small puppet VAE whose latent space it was
+trained in (`assets/puppet_vae`; checked by sha256), renders a held-out
 puppet (an identity neither model saw) performing a motion, and animates it from a misaligned
 reference: by default a half-body still of the puppet in another framing drives a full-body
 motion. The ground truth is exact (the generator renders the same puppet along the same poses),
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--scale", type=int, default=4, help="upscale factor of the written videos (4)")
   p.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
   p.add_argument("--model", default=None, help="denoiser folder (default assets/puppet_model)")
-  p.add_argument("--vae", default=None, help="VAE folder (default assets/puppet_model/vae)")
+  p.add_argument("--vae", default=None, help="VAE folder (default assets/puppet_vae)")
   p.add_argument("--quiet", action="store_true", help="no progress bars")
   p.set_defaults(func=run)
 

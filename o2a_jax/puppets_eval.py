@@ -12,9 +12,9 @@ Dims: N frames, H/W height/width, T latent frames, h/w latent height/width.
   (encode: (z - m) / s * S + M; decode: the inverse), so the denoiser sees exactly
   (z - m) / s, the normalisation its training used (`configs/o2a.py` `puppet`: config.loss
   latents_mean/std from the same config.json).
-- `load_puppet_models`: the shipped puppet denoiser and its VAE (`assets/puppet_model`,
-  `assets/puppet_model/vae`: the denoiser is trained in that VAE's latent space, so they ship
-  together).
+- `load_puppet_models`: the shipped puppet denoiser (`assets/puppet_model`) and the puppet VAE
+  (`assets/puppet_vae`). The denoiser only works in the latent space it was trained in, so the
+  model folder records the sha256 of the VAE weights (`vae_sha256.txt`) and loading checks it.
 - `puppet_inputs`: a held-out puppet clip of the generator with its aligned and misaligned
   reference, prepared as model inputs exactly like `o2a animate` (`inference.prepare`).
 - `animate`: chunks of `chunk` frames advancing by chunk - 5 with TokenReplace context (the
@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "assets" / "puppet_model"
-VAE_DIR = MODEL_DIR / "vae"  # the VAE whose latent space the shipped denoiser was trained in
+VAE_DIR = REPO / "assets" / "puppet_vae"  # the VAE whose latent space the denoiser learned
+VAE_HASH_FILE = "vae_sha256.txt"  # in the model folder: sha256 of the VAE weights it was trained on
 TEXT_LEN = 7  # the `puppet` config's empty-prompt embedding: zeros of (7, text_dim)
 CONTEXT = 5  # TokenReplace context frames
 
@@ -130,13 +131,36 @@ def load_puppet_models(model_dir=MODEL_DIR, vae_dir=VAE_DIR):
   for what, p in (("puppet model", model_dir), ("puppet VAE", vae_dir)):
     if not pathlib.Path(p).is_dir():
       raise FileNotFoundError(
-        f"{what} folder {str(p)!r} not found; it ships in the repository under "
-        "assets/puppet_model (assets/puppet_model/README.md has the commands that rebuild it)"
+        f"{what} folder {str(p)!r} not found; it ships in the repository under assets/ "
+        "(assets/puppet_model/README.md has the commands that rebuild it)"
       )
+  check_vae_hash(model_dir, vae_dir)
   model = load_official(model_dir, dtype=jnp.float32)
   mean, std = read_latent_stats(vae_dir)
   vae = StatsVAE(load_vae(vae_dir, dtype=jnp.float32), mean, std)
   return model, vae
+
+
+def vae_sha256(vae_dir) -> str:
+  import hashlib
+
+  from o2a_jax.vae.train import WEIGHTS_NAME
+
+  return hashlib.sha256((pathlib.Path(vae_dir) / WEIGHTS_NAME).read_bytes()).hexdigest()
+
+
+def check_vae_hash(model_dir, vae_dir) -> None:
+  """Raises ValueError unless `vae_dir` holds the VAE weights `model_dir` was trained with."""
+  path = pathlib.Path(model_dir) / VAE_HASH_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: the model folder must name its VAE's sha256")
+  want, got = path.read_text().split()[0], vae_sha256(vae_dir)
+  if want != got:
+    raise ValueError(
+      f"the VAE in {str(vae_dir)!r} (sha256 {got[:12]}...) is not the one the denoiser in "
+      f"{str(model_dir)!r} was trained with ({want[:12]}...); retrain the denoiser "
+      "(assets/puppet_model/README.md) or pass the matching --vae"
+    )
 
 
 def empty_text(model) -> np.ndarray:

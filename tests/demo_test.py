@@ -49,7 +49,7 @@ def test_puppet_training_loss_falls(tmp_path):
 
   world = tmp_path / "world"
   write_world(
-    WorldConfig(seed=3, videos=2, images=1, heldout=1, height=32, width=32, frames=10),
+    WorldConfig(seed=3, videos=3, images=1, heldout=1, height=32, width=32, frames=40),
     world,
     progress=False,
   )
@@ -61,13 +61,14 @@ def test_puppet_training_loss_falls(tmp_path):
   c.data.global_batch = 2
   c.optim.warmup_steps = 0
   it = data_pipeline.train_iterator(c.data)
-  batch = next(b for b in it if b["video"].shape[1] > 1)  # a video batch, not image pairs
+  batches = (next(it) for _ in range(20))
+  batch = next(b for b in batches if b["video"].shape[1] > 1)  # a video batch, not image pairs
   assert batch["video"].shape == (2, 9, 32, 32, 3)
   s = trainer.setup(c, mesh=sharding.make_mesh((1, 1, 1, 1), jax.devices()[:1]))
-  state, rng = s.state, s.state.rng
+  state, rng = s.state, np.asarray(s.state.rng)  # a host copy: the step donates the state
   losses = []
   for _ in range(6):
-    state, m = s.step_fn(state.replace(rng=rng), batch)
+    state, m = s.step_fn(state.replace(rng=jax.numpy.asarray(rng)), batch)
     losses.append(float(jax.device_get(m["loss"])))
   assert all(np.isfinite(losses)), losses
   assert losses[-1] < 0.9 * losses[0], losses
@@ -94,3 +95,12 @@ def test_demo_rejects_bad_flags(capsys):
 
   assert main(["demo", "--chunk", "10"]) == 2
   assert "--chunk" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHIPPED, reason="assets/puppet_model not shipped")
+def test_model_refuses_another_vae(tmp_path):
+  """The shipped denoiser names its VAE by sha256; another VAE is a clear error."""
+  E.check_vae_hash(E.MODEL_DIR, E.VAE_DIR)  # the shipped pair matches
+  (tmp_path / E.VAE_HASH_FILE).write_text("0" * 64 + "\n")
+  with pytest.raises(ValueError, match="not the one the denoiser"):
+    E.check_vae_hash(tmp_path, E.VAE_DIR)
