@@ -47,3 +47,17 @@ def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
 def denoiser_config(model: mlc.ConfigDict) -> DenoiserConfig:
   """The frozen DenoiserConfig of a `config.model` section (the ConfigDict stops here)."""
   return DenoiserConfig(**model.to_dict())
+
+
+def load_config_file(path, arg: str | None = None) -> mlc.ConfigDict:
+  """`get_config(arg)` of the config file at `path` (configs are files, not a package)."""
+  import importlib.util
+  import pathlib
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"_o2a_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -96,9 +96,9 @@ def config_arg(stage: int, vae: str) -> str:
 
 def stage_config(arg: str, overrides: list[str]):
   """The `o2a train` config `arg` with `--config.a.b=v` overrides applied (for export)."""
-  from configs.o2a import get_config
+  from o2a_jax.config_lib import load_config_file
 
-  c = get_config(arg)
+  c = load_config_file(pathlib.Path(__file__).resolve().parents[1] / "configs" / "o2a.py", arg)
   for o in overrides:
     key, _, value = o.removeprefix("--config.").partition("=")
     node = c

@@ -4,6 +4,7 @@ loss falls), the evaluation metrics, and `o2a demo` with the shipped weights."""
 from __future__ import annotations
 
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -41,10 +42,10 @@ def test_puppet_training_loss_falls(tmp_path):
   the jitted train step of the `puppet` config (stage 2): on one batch with the step's random
   draws held fixed, the loss falls."""
   import data_pipeline
-  from configs.o2a import get_config
   from data_pipeline.puppets.world import WorldConfig, write_world
   from o2a_jax import sharding
   from o2a_jax.cli import main
+  from o2a_jax.config_lib import load_config_file
   from o2a_jax.train import trainer
 
   world = tmp_path / "world"
@@ -55,7 +56,10 @@ def test_puppet_training_loss_falls(tmp_path):
   )
   data = tmp_path / "data"
   assert main(["data", "build", "official", str(world / "train.csv"), str(data), "--quiet"]) == 0
-  c = get_config(f"model=tiny,small,puppet,stage=2,vae={E.VAE_DIR}")
+  root = pathlib.Path(__file__).resolve().parents[1]
+  c = load_config_file(
+    root / "configs" / "o2a.py", f"model=tiny,small,puppet,stage=2,vae={E.VAE_DIR}"
+  )
   c.data.source = str(data)
   c.data.bucket_scale = 0.0625  # the 512 bucket -> 32x32 (the world's size)
   c.data.global_batch = 2
