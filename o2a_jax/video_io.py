@@ -125,13 +125,14 @@ def _temp_sibling(path: pathlib.Path, *, folder: bool = False) -> pathlib.Path:
 
 
 def write_video(
-  path: str | os.PathLike, frames, fps: float = 16.0, *, quality: int = 18
+  path: str | os.PathLike, frames, fps: float = 16.0, *, quality: int = 18, chroma: str = "420"
 ) -> pathlib.Path:
   """Write uint8 (F,H,W,3) frames as .mp4 (H.264), .gif, .png (F == 1) or a PNG folder.
 
   `quality` is the x264 CRF (lower is better; 18 is visually lossless). H.264 in yuv420p
   needs even sizes, so odd heights/widths are padded by one edge pixel. GIF players (and
-  Pillow) merge identical consecutive frames. Atomic.
+  Pillow) merge identical consecutive frames. `chroma="444"` writes full-resolution chroma
+  (yuv444p: small coloured details survive, any size allowed; less widely played). Atomic.
   """
   path = pathlib.Path(path)
   frames = _check_frames(frames)
@@ -142,6 +143,8 @@ def write_video(
     raise MediaError(f"{str(path)!r}: a .png holds one frame, got {frames.shape[0]}; use a folder")
   if fps <= 0:
     raise MediaError(f"fps must be positive, got {fps}")
+  if chroma not in ("420", "444"):
+    raise MediaError(f"chroma must be '420' or '444', got {chroma!r}")
   if suffix == "":
     tmp = _temp_sibling(path, folder=True)
     try:
@@ -169,7 +172,7 @@ def write_video(
         loop=0,
       )
     else:
-      _write_mp4(tmp, frames, fps, quality)
+      _write_mp4(tmp, frames, fps, quality, chroma)
     os.replace(tmp, path)
   except BaseException:
     tmp.unlink(missing_ok=True)
@@ -177,19 +180,21 @@ def write_video(
   return path
 
 
-def _write_mp4(path: pathlib.Path, frames: np.ndarray, fps: float, quality: int) -> None:
+def _write_mp4(
+  path: pathlib.Path, frames: np.ndarray, fps: float, quality: int, chroma: str
+) -> None:
   import fractions
 
   import av
 
   pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-  if pad_h or pad_w:
+  if chroma == "420" and (pad_h or pad_w):
     frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
   rate = fractions.Fraction(fps).limit_denominator(1001)
   with av.open(str(path), mode="w", format="mp4") as container:
     stream = container.add_stream("libx264", rate=rate)
     stream.width, stream.height = frames.shape[2], frames.shape[1]
-    stream.pix_fmt = "yuv420p"
+    stream.pix_fmt = "yuv420p" if chroma == "420" else "yuv444p"
     stream.options = {"crf": str(quality)}
     for f in frames:
       for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
