@@ -163,7 +163,9 @@ def decode_image(data) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
+def write_bytes_atomic(path: pathlib.Path, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary sibling and a rename (nothing half-written)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
   try:
     with os.fdopen(fd, "wb") as f:
@@ -249,7 +251,7 @@ class DatasetWriter:
 
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        _atomic_write_bytes(self.dir / f"{SHARD_PREFIX[kind]}.meta.npz", buf.getvalue())
+        write_bytes_atomic(self.dir / f"{SHARD_PREFIX[kind]}.meta.npz", buf.getvalue())
     info = {
       "format": "o2a-data",
       "version": FORMAT_VERSION,
@@ -258,9 +260,7 @@ class DatasetWriter:
       "shards": shards,
       "summary": summary or {},
     }
-    _atomic_write_bytes(
-      self.dir / "dataset_info.json", (json.dumps(info, indent=1) + "\n").encode()
-    )
+    write_bytes_atomic(self.dir / "dataset_info.json", (json.dumps(info, indent=1) + "\n").encode())
     return info
 
 

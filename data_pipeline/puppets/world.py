@@ -49,6 +49,7 @@ from data_pipeline.puppets import draw as D
 from data_pipeline.puppets import skeleton as S
 from data_pipeline.puppets.motion import MOTIONS, make_motion, still
 from data_pipeline.puppets.spec import Background, Framing, PuppetSpec
+from data_pipeline.records import write_bytes_atomic
 from o2a_jax import video_io
 
 VIDEO_COLUMNS = (
@@ -231,18 +232,6 @@ def caption(spec: PuppetSpec, motion: str) -> str:
 # --- atomic writers ------------------------------------------------------------------------------
 
 
-def _atomic_bytes(path: pathlib.Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-
-
 def save_pose_npy(path: pathlib.Path, poses: list[dict]) -> None:
   """The official per-video pose file: `np.save` of a list of pose dicts (an object array)."""
   arr = np.empty(len(poses), dtype=object)
@@ -250,13 +239,13 @@ def save_pose_npy(path: pathlib.Path, poses: list[dict]) -> None:
     arr[i] = p
   buf = io.BytesIO()
   np.save(buf, arr, allow_pickle=True)
-  _atomic_bytes(path, buf.getvalue())
+  write_bytes_atomic(path, buf.getvalue())
 
 
 def save_npz(path: pathlib.Path, **arrays) -> None:
   buf = io.BytesIO()
   np.savez_compressed(buf, **arrays)
-  _atomic_bytes(path, buf.getvalue())
+  write_bytes_atomic(path, buf.getvalue())
 
 
 def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
@@ -265,7 +254,7 @@ def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
   w.writeheader()
   for r in rows:
     w.writerow({c: r.get(c, "") for c in COLUMNS})
-  _atomic_bytes(path, buf.getvalue().encode())
+  write_bytes_atomic(path, buf.getvalue().encode())
 
 
 def _js(x) -> str:
@@ -452,7 +441,7 @@ def _write(cfg: WorldConfig, out: pathlib.Path, progress: bool) -> dict:
     "train_puppets": cfg.n_puppets,
     "heldout_puppets": cfg.n_heldout_puppets,
   }
-  _atomic_bytes(out / "world.json", json.dumps(summary, indent=1).encode())
+  write_bytes_atomic(out / "world.json", json.dumps(summary, indent=1).encode())
   return summary
 
 
