@@ -133,6 +133,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # older top-level name of the same field.
   c.train.mesh_shape = (1, -1, 1, 1)
   c.mesh_shape = c.train.get_ref("mesh_shape")
+  # With a context axis > 1: how attention spans it (kernels/attention/context_parallel.py):
+  # "allgather" (K/V gathered; any head count) or "ulysses" (all-to-all over heads).
+  c.train.context_parallel = "allgather"
+  # Trainable parameters: "official" (the stage's set, spec §7.1) or "all" (no pretrained backbone).
+  c.train.trainable = "official"
   # Per-block rematerialisation and compute precision: views of the model fields they set.
   c.train.remat = c.model.get_ref("remat")
   c.train.precision = c.model.get_ref("dtype")
@@ -206,4 +211,9 @@ def _puppet(c: mlc.ConfigDict, vae: str) -> None:
   c.data.global_batch = 4
   c.data.bucket_scale = 0.125  # the 512 bucket -> 64x64 (the world's frame size)
   c.optim.lr = 1e-3  # a toy model trained from scratch for minutes, not the official 1e-5
+  # There is no pretrained Wan2.1-T2V backbone for the toy: stage 1 trains every parameter in its
+  # place (the official stage-1 set would leave the FFNs, cross-attention, time embedding and head
+  # at their random init for good); stages 2 and 3 train the official sets.
+  if c.stage == 1:
+    c.train.trainable = "all"
   c.optim.warmup_steps = 20

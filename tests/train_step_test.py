@@ -188,6 +188,17 @@ def test_trainable_sets_are_the_specs(stage):
   assert {".".join(map(str, p)) for p, _ in params.flat_state()} == set(paths)
 
 
+def test_trainable_all_and_unknown_set():
+  """`train.trainable = "all"` (no pretrained backbone) leaves nothing frozen but the buffers."""
+  model = abstract_model(preset("tiny").stage1())
+  _, params, frozen = trainable.split_params(model, 1, "all")
+  n_all = len(nnx.state(model, nnx.Param).flat_state())
+  assert len(params.flat_state()) == n_all
+  assert not any(isinstance(v, nnx.Param) for _, v in frozen.flat_state())
+  with pytest.raises(ValueError, match="trainable 'some'"):
+    trainable.split_params(model, 1, "some")
+
+
 @pytest.mark.parametrize("stage, expected", [(1, 782_929_408), (2, 1_075_071_264)])
 def test_trainable_counts_full_size(stage, expected):
   """Stage 1 of the 1.3B model: the spec's ~783 M."""

@@ -26,8 +26,7 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from kernels import attention as attention_impls
-from kernels.attention import _lookup, compat
+from kernels.attention import _lookup, compat, register, registered
 from kernels.attention import context_parallel as cp
 from o2a_jax import sharding
 
@@ -84,8 +83,8 @@ def register_context_parallel(impl: str = "xla", strategy: str = "allgather") ->
     raise ValueError(f"attention impl {impl!r} is already context-parallel")
   _lookup(impl)  # a clear error for an unknown base implementation
   name = f"{PREFIX}{strategy}:{impl}"
-  if name not in attention_impls.registered():
-    attention_impls.register(
+  if name not in registered():
+    register(
       name,
       functools.partial(_attention, impl=impl, strategy=strategy),
       functools.partial(_hybrid, impl=impl, strategy=strategy),

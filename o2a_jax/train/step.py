@@ -136,7 +136,7 @@ def init_train_state(
   Args:
     model: a Denoiser; for stage 1 built with `DenoiserConfig.stage1()` (no prefix, no pose).
     vae: the WanVAE that encodes batches (kept frozen; used in float32).
-    config: the run config (reads `stage`, `loss`, `optim`).
+    config: the run config (reads `stage`, `loss`, `optim`, `train.trainable`).
     seed: seeds the step's PRNG key.
     text_embeds: (S, text_dim) or (1, S, text_dim), the prompt embedding of every sample (the
       official recipe always trains with the empty prompt, UMT5("") padded to 226 tokens).
@@ -156,7 +156,8 @@ def init_train_state(
     text = text[None]
   if text.ndim != 3 or text.shape[0] != 1 or text.shape[2] != cfg.text_dim:
     raise ValueError(f"text_embeds has shape {text_embeds.shape}; expected (S, {cfg.text_dim})")
-  graphdef, params, frozen = trainable.split_params(model, stage)
+  which = config.train.get("trainable", "official") if "train" in config else "official"
+  graphdef, params, frozen = trainable.split_params(model, stage, which)
   params = _cast(params, jnp.float32)
   vae_graph, vae_state = nnx.split(vae)
   tx = optim.make_optimizer(config.optim, params)

@@ -89,6 +89,19 @@ def count(model: nnx.Module, stage: int) -> tuple[int, int]:
   return n_train, n_all
 
 
-def split_params(model: nnx.Module, stage: int):
-  """(graphdef, trainable State, frozen State) of `model`: every variable is in exactly one."""
+SETS = ("official", "all")
+
+
+def split_params(model: nnx.Module, stage: int, which: str = "official"):
+  """(graphdef, trainable State, frozen State) of `model`: every variable is in exactly one.
+
+  `which`: `official` (the stage's set, spec §7.1) or `all` (every parameter: a model without a
+  pretrained backbone, such as the puppet toy, whose first stage stands in for the base model's
+  pretraining).
+  """
+  if which == "all":
+    check_stage(stage)
+    return nnx.split(model, nnx.Param, ...)
+  if which != "official":
+    raise ValueError(f"config.train.trainable {which!r} is not one of {SETS}")
   return nnx.split(model, trainable_filter(model, stage), ...)

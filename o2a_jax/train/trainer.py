@@ -4,7 +4,11 @@
 
 One `jax.jit` step with explicit in/out shardings over the (data, fsdp, context, tensor) mesh of
 `config.train.mesh_shape`: parameters (and their Adam moments and EMA) sharded by their logical
-axes, the batch over (data, fsdp), the state donated. Each process feeds its own rows of every
+axes, the batch over (data, fsdp), the state donated, called under the mesh (`jax.set_mesh`) so
+the model's activation constraints apply. A `context` axis above 1 splits each clip's tokens over
+it: attention then runs through the kernels' context-parallel wrappers (`attention_impl`,
+`config.train.context_parallel`), the rest of the block by automatic partitioning of the token
+axis. Each process feeds its own rows of every
 global batch (`jax.make_array_from_process_local_data`); in a multi-process run every process
 runs this same function after `jax.distributed.initialize` (see `cli.py`).
 
@@ -148,7 +152,58 @@ def init_format(path: str) -> str:
   return "official"
 
 
-def build_model(config: mlc.ConfigDict):
+def attention_impl(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> str:
+  """The model's attention implementation on `mesh`.
+
+  `config.model.attn_impl` itself when the mesh's `context` axis is 1. Otherwise the tokens are
+  split over `context`, and attention kernels (opaque to automatic partitioning) must see their
+  shards explicitly: the implementation becomes the context-parallel wrapper
+  (`config.train.context_parallel`: `allgather` or `ulysses`, kernels/attention/context_parallel.py)
+  around `config.model.attn_impl`, registered as `cp_<strategy>:<impl>`.
+  """
+  impl = config.model.attn_impl
+  if mesh.shape["context"] == 1:
+    return impl
+  from o2a_jax.inference.sharded import register_context_parallel
+
+  return register_context_parallel(impl, config.train.get("context_parallel", "allgather"))
+
+
+def check_context_parallel(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """Clear errors, before any compilation, for runs the context axis cannot split."""
+  ctx, tp = mesh.shape["context"], mesh.shape["tensor"]
+  if ctx == 1:
+    return
+  strategy = config.train.get("context_parallel", "allgather")
+  heads = config.model.num_heads
+  if strategy == "ulysses" and (heads % tp or (heads // tp) % ctx):
+    raise ValueError(
+      f"config.train.context_parallel = 'ulysses' splits the {heads} heads over tensor x context "
+      f"= {tp} x {ctx}, which does not divide them; use 'allgather' or another mesh"
+    )
+  if config.train.sample_every:
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    if 3 % dp:
+      raise ValueError(
+        f"config.train.sample_every with a context axis of {ctx}: the sampler's batch is its 3 "
+        f"guidance passes, which data x fsdp = {dp} does not divide; set sample_every=0 or use a "
+        "mesh with data x fsdp in (1, 3)"
+      )
+
+
+def check_tokens_divide(mesh: jax.sharding.Mesh, height: int, width: int) -> None:
+  """The tokens of one latent frame must split evenly over the context axis."""
+  ctx = mesh.shape["context"]
+  per_frame = (height // 16) * (width // 16)
+  if per_frame % ctx:
+    raise ValueError(
+      f"clips of {height}x{width} have {per_frame} tokens per latent frame (H/16 x W/16), which "
+      f"the mesh's context axis of {ctx} does not divide; choose buckets whose token count it "
+      "divides or a smaller context axis"
+    )
+
+
+def build_model(config: mlc.ConfigDict, *, attn_impl: str | None = None):
   """The denoiser of `config.model`, initialised per `config.init` (spec §7.12).
 
   `init.checkpoint` empty: random (seeded by `config.seed`). Otherwise by `init.format` (`auto`
@@ -156,12 +211,15 @@ def build_model(config: mlc.ConfigDict):
   transformer -> the stage-1 model, extractor copied from the backbone), `stage1` (a stage-1
   export -> the stage-2 model, pose blocks copied from the backbone), `official` (a full
   One-to-All checkpoint: stage 2 -> 3, or a released model for fine-tuning), all through
-  `o2a_jax.train.init` with strict key checks.
+  `o2a_jax.train.init` with strict key checks. `attn_impl` overrides `config.model.attn_impl`
+  (the context-parallel wrapper of `attention_impl`).
   """
   from o2a_jax.model import build_denoiser
   from o2a_jax.train import init as init_lib
 
   cfg = config_lib.denoiser_config(config.model)
+  if attn_impl is not None:
+    cfg = dataclasses.replace(cfg, attn_impl=attn_impl)
   src = config.init.checkpoint
   if not src:
     return build_denoiser(cfg, seed=config.seed)
@@ -261,8 +319,9 @@ class Setup:
 def setup(config: mlc.ConfigDict, *, mesh: jax.sharding.Mesh | None = None) -> Setup:
   """Builds the mesh, model, VAE, sharded train state and the jitted step."""
   mesh = mesh or make_mesh(config)
+  check_context_parallel(config, mesh)
   with jax.set_mesh(mesh):
-    model = build_model(config)
+    model = build_model(config, attn_impl=attention_impl(config, mesh))
     vae = build_vae(config)
     graphs, state = step_lib.init_train_state(
       model, vae, config, seed=config.seed, text_embeds=text_embeds(config)
@@ -379,8 +438,13 @@ def train(
       while it < tcfg.steps:
         local = next(data)
         b, f, h, w = check_batch(local)
+        if it == start:
+          check_tokens_divide(mesh, h, w)
         batch = global_batch(local, bsh)
-        state, m = step_fn(state, batch)
+        # Under the mesh, the model's activation constraints and the context-parallel attention
+        # wrappers see it (outside it they are no-ops or fail).
+        with jax.set_mesh(mesh):
+          state, m = step_fn(state, batch)
         it += 1
         m = jax.device_get(m)
         bad = int(jax.device_get(state.bad_in_row))
@@ -419,7 +483,8 @@ def train(
             f"{ckpts.directory}. Check the data and the learning rate, then resume."
           )
         if tcfg.sample_every and it % tcfg.sample_every == 0:
-          write_samples(config, s.graphs, state, local, workdir / "samples", it)
+          with jax.set_mesh(mesh):
+            write_samples(config, s.graphs, state, local, workdir / "samples", it)
         stop = stop_after is not None and it - start >= stop_after
         if preempt.agreed():
           reason = "preempted"
