@@ -346,10 +346,10 @@ def test_run_continues_on_other_mesh(built, reference, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy, mesh", [("allgather", (1, 2, 2, 2)), ("ulysses", (1, 4, 2, 1))])
+@pytest.mark.parametrize("strategy, mesh", [("allgather", (1, 4, 2, 1)), ("ulysses", (1, 4, 2, 1))])
 def test_context_parallel_training_equals_single_axis(built, reference, tmp_path, strategy, mesh):
   """Two steps with the tokens split over a context axis of 2 through the context-parallel
-  attention wrappers (all-gather with heads also split over tensor; Ulysses) give the 1x8 run's
+  attention wrappers (all-gather; Ulysses) give the 1x8 run's
   losses, gradient norms and parameter updates up to float32 order. Slow: a compile each."""
   _, initial = built
   workdir, ref = reference
@@ -375,6 +375,7 @@ def test_context_parallel_training_equals_single_axis(built, reference, tmp_path
   flat = lambda st: np.concatenate([x.ravel() for x in params_of(st)])
   d_cp, d_ref = flat(result.state) - flat(initial), flat(at2) - flat(initial)
   rel = np.linalg.norm(d_cp - d_ref) / np.linalg.norm(d_ref)
+  print(f"context-parallel {strategy} on {mesh}: parameter update relative difference {rel:.2e}")
   assert rel < 1e-3, rel
 
 
@@ -387,6 +388,8 @@ def test_context_parallel_config_errors():
   with pytest.raises(ValueError, match="tokens per latent frame"):
     trainer.check_tokens_divide(mesh, 48, 32)  # 3 x 2 = 6 tokens over 4
   trainer.check_tokens_divide(mesh, 32, 32)
+  with pytest.raises(ValueError, match="tensor"):
+    trainer.check_context_parallel(loop_config(), sharding.make_mesh((1, 2, 2, 2)))
 
 
 def test_sharding_rules_from_config(built):
