@@ -9,6 +9,13 @@ Dims: B batch, T frames, H/W height/width, C channels, D width.
 - `PrefixEncoder` (official `image_to_cond`, a MiniEncoder2D, spec §2.2): per-frame 2-D
   convolutions with zero padding and per-frame GroupNorm; no downsampling; zero-initialised
   output conv. It turns the 32-channel reference latents into the 16-channel prefix frame.
+
+Under a mesh both encoders keep their activations sharded over the batch only (`_BATCH_ONLY`,
+at input and output). Left to propagation, the partitioner takes the token sharding of the
+sequence they feed (context, and tensor beside it) back into their spatial dimensions, and on
+the (data, fsdp, context, tensor) = (1, 2, 2, 2) mesh the spatially partitioned convolution's
+weight gradient came out doubled (measured on `image_to_cond.conv_out`: exactly 2x, the
+forward right). They are small next to the transformer, so nothing is lost by not splitting them.
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from o2a_jax import sharding
 from o2a_jax.layers.norms import GroupNorm, param
+
+_BATCH_ONLY = ("act_batch", None, None, None, None)  # B T H W C
 
 
 class Conv(nnx.Module):
@@ -115,11 +125,12 @@ class PoseEncoder(nnx.Module):
     self.conv_out = Conv(channels[-1], dim, (3, 3, 3), zero=True, out_axis="embed", **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = self.conv_in(causal_pad(x.astype(self.dtype)))
+    x = sharding.constrain(x.astype(self.dtype), _BATCH_ONLY)
+    h = self.conv_in(causal_pad(x))
     for resnet, down in zip(self.resnets, self.downs):
       h = resnet(h, causal_pad)
       h = down(causal_pad(h))
-    return self.conv_out(causal_pad(h))
+    return sharding.constrain(self.conv_out(causal_pad(h)), _BATCH_ONLY)
 
 
 class PrefixEncoder(nnx.Module):
@@ -145,9 +156,10 @@ class PrefixEncoder(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t = x.shape[:2]
+    x = sharding.constrain(x, _BATCH_ONLY)
     # Frames fold into the batch: the 2-D convs and GroupNorm then act per frame.
     h = self.conv_in(zero_pad_2d(x.astype(self.dtype).reshape(b * t, *x.shape[2:])))
     for resnet in self.resnets:
       h = resnet(h, zero_pad_2d)
     h = self.conv_out(zero_pad_2d(h))
-    return h.reshape(b, t, *h.shape[1:])
+    return sharding.constrain(h.reshape(b, t, *h.shape[1:]), _BATCH_ONLY)

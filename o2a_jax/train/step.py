@@ -220,7 +220,9 @@ def make_train_step(
 
   Metrics (float32 / int32 scalars): `loss`, `loss_base` and `loss_face` (loss = base + face),
   `mse` (unweighted squared error over the unmasked elements), `grad_norm` (before clipping),
-  `lr` (used by this step), `skipped` (1 if this step was skipped), `token_replace` (fraction
+  `lr` (used by this step), `skipped` (1 if this step was skipped), `bad_in_row` (skipped steps
+  in a row, this one included; the state's counter, repeated here because the loop reads metrics
+  after the state is donated to the next step), `token_replace` (fraction
   of samples), `sigma_mean`, `pose_scale_mean`.
   A non-finite loss or gradient leaves params, opt_state, ema and step unchanged and increments
   `skipped` and `bad_in_row`; the rng always advances.
@@ -310,6 +312,7 @@ def make_train_step(
       "grad_norm": grad_norm,
       "lr": schedule(state.step),
       "skipped": bad,
+      "bad_in_row": new_state.bad_in_row,
       "pose_scale_mean": jnp.mean(scale),
     }
     return new_state, metrics

@@ -170,23 +170,23 @@ def attention_impl(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> str:
 
 
 def check_context_parallel(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-  """Clear errors, before any compilation, for runs the context axis cannot split."""
+  """Clear errors, before any compilation, for heads the tensor axis cannot split and runs the
+  context axis cannot split."""
   ctx, tp = mesh.shape["context"], mesh.shape["tensor"]
+  heads = config.model.num_heads
+  if heads % tp:
+    raise ValueError(
+      f"the {heads} heads do not split over the mesh's tensor axis of {tp}; choose a tensor "
+      "axis that divides them"
+    )
   if ctx == 1:
     return
-  if tp > 1:
-    # Measured: with tensor = 2 as well, losses match but the gradient norm comes out sqrt(2)
-    # too large (a cotangent counted twice); refused until that is fixed.
-    raise ValueError(
-      f"context parallelism (context = {ctx}) with a tensor axis of {tp} gives wrong gradients "
-      "in training (known bug); use a mesh with tensor = 1"
-    )
   strategy = config.train.get("context_parallel", "allgather")
-  heads = config.model.num_heads
-  if strategy == "ulysses" and heads % ctx:
+  if strategy == "ulysses" and (heads // tp) % ctx:
     raise ValueError(
-      f"config.train.context_parallel = 'ulysses' splits the {heads} heads over the context axis "
-      f"of {ctx}, which does not divide them; use 'allgather' or another mesh"
+      f"config.train.context_parallel = 'ulysses' splits the {heads // tp} heads of each tensor "
+      f"shard over the context axis of {ctx}, which does not divide them; use 'allgather' or "
+      "another mesh"
     )
   if config.train.sample_every:
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -440,6 +440,50 @@ def train(
   bar = tqdm(
     total=tcfg.steps, initial=start, disable=not (progress and primary), desc="train", unit="step"
   )
+
+  def finish(step: int, m: dict, shape: tuple[int, int, int, int]) -> int:
+    """Reads step `step`'s metrics (waiting for it), logs them; returns its `bad_in_row`."""
+    nonlocal window_t, window_n
+    rec = {k: float(v) for k, v in jax.device_get(m).items()}
+    bad = int(rec["bad_in_row"])
+    now = time.perf_counter()
+    if window_t is None:  # the first step compiles; rates start after it
+      window_t, window_n = now, 0
+    else:
+      window_n += 1
+    if shape not in flops_cache:
+      gb, f, h, w = shape
+      flops_cache[shape] = metrics_lib.train_step_flops(
+        cfg, batch=gb, frames=f, height=h, width=w, text_len=state.text.shape[1]
+      )
+    rec["step"] = step
+    if window_n:
+      gb, f, h, w = shape
+      sps = window_n / (now - window_t)
+      rec["steps_per_s"] = sps
+      rec["tokens_per_s"] = sps * gb * latent_frames(f) * (h // 16) * (w // 16)
+      if peak:
+        rec["mfu"] = sps * flops_cache[shape] / (jax.device_count() * peak * 1e12)
+    history.append(rec)
+    bar.update(1)
+    if step % tcfg.log_every == 0 or step == tcfg.steps:
+      bar.set_postfix(metrics_lib.postfix(rec))
+      writer.scalars(step, {k: v for k, v in rec.items() if k != "step"})
+      window_t, window_n = now, 0
+    if bad >= tcfg.max_bad_steps:
+      last = ckpts.latest_step()
+      raise TrainingDiverged(
+        f"{bad} non-finite steps in a row (train.max_bad_steps = {tcfg.max_bad_steps}) at "
+        f"step {step}; stopped without saving. The last good checkpoint is step {last} in "
+        f"{ckpts.directory}. Check the data and the learning rate, then resume."
+      )
+    return bad
+
+  # One step stays in flight: step i's metrics are read only after step i + 1 is dispatched, so
+  # the host never waits for the device between steps (reading them at once would, every step).
+  # Steps that checkpoint, sample or stop are read at once, since what follows needs them; a
+  # divergence is therefore noticed at most one step late, and that step is never saved.
+  pending = None  # (step, metrics, shape) of the step in flight
   try:
     with _Preemption() as preempt:
       while it < tcfg.steps:
@@ -452,51 +496,24 @@ def train(
         with jax.set_mesh(mesh):
           state, m = step_fn(state, batch)
         it += 1
-        m = jax.device_get(m)
-        bad = int(jax.device_get(state.bad_in_row))
-        now = time.perf_counter()
-        if window_t is None:  # the first step compiles; rates start after it
-          window_t, window_n = now, 0
-        else:
-          window_n += 1
-        gb = b * jax.process_count()
-        shape = (gb, f, h, w)
-        if shape not in flops_cache:
-          flops_cache[shape] = metrics_lib.train_step_flops(
-            cfg, batch=gb, frames=f, height=h, width=w, text_len=state.text.shape[1]
-          )
-        rec = {k: float(v) for k, v in m.items()}
-        rec["step"] = it
-        rec["bad_in_row"] = bad
-        if window_n:
-          sps = window_n / (now - window_t)
-          tokens = gb * latent_frames(f) * (h // 16) * (w // 16)
-          rec["steps_per_s"] = sps
-          rec["tokens_per_s"] = sps * tokens
-          if peak:
-            rec["mfu"] = sps * flops_cache[shape] / (jax.device_count() * peak * 1e12)
-        history.append(rec)
-        bar.update(1)
-        if it % tcfg.log_every == 0 or it == tcfg.steps:
-          bar.set_postfix(metrics_lib.postfix(rec))
-          writer.scalars(it, {k: v for k, v in rec.items() if k != "step"})
-          window_t, window_n = now, 0
-        if bad >= tcfg.max_bad_steps:
-          last = ckpts.latest_step()
-          raise TrainingDiverged(
-            f"{bad} non-finite steps in a row (train.max_bad_steps = {tcfg.max_bad_steps}) at "
-            f"step {it}; stopped without saving. The last good checkpoint is step {last} in "
-            f"{ckpts.directory}. Check the data and the learning rate, then resume."
-          )
-        if tcfg.sample_every and it % tcfg.sample_every == 0:
-          with jax.set_mesh(mesh):
-            write_samples(config, s.graphs, state, local, workdir / "samples", it)
+        if pending is not None:
+          finish(*pending)
+        pending = (it, m, (b * jax.process_count(), f, h, w))
+        sample = bool(tcfg.sample_every) and it % tcfg.sample_every == 0
+        save_due = it % tcfg.ckpt_every == 0 or it == tcfg.steps
         stop = stop_after is not None and it - start >= stop_after
         if preempt.agreed():
           reason = "preempted"
         elif stop:
           reason = "stopped"
-        if reason != "done" or (bad == 0 and (it % tcfg.ckpt_every == 0 or it == tcfg.steps)):
+        if not (sample or save_due or reason != "done"):
+          continue
+        bad = finish(*pending)
+        pending = None
+        if sample:
+          with jax.set_mesh(mesh):
+            write_samples(config, s.graphs, state, local, workdir / "samples", it)
+        if reason != "done" or (bad == 0 and save_due):
           ckpts.save(it, state, data, config=config, force=True)
         if reason != "done":
           break
