@@ -163,6 +163,12 @@ def main(argv=None) -> int:
   p.add_argument("--out", required=True, help="output model folder (replaced if it exists)")
   p.add_argument("--steps", default="60,300,60", help="steps of stages 1,2,3 (default 60,300,60)")
   p.add_argument("--lr", default="1e-3,1e-3,3e-4", help="peak learning rates of stages 1,2,3")
+  p.add_argument(
+    "--trainable",
+    default="all,official,official",
+    help="trainable set of stages 1,2,3: official (spec §7.1) or all (default all,official,"
+    "official; the puppet config's own choice)",
+  )
   p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps of every stage")
   p.add_argument("--batch", type=int, default=4, help="global batch (default 4)")
   p.add_argument("--seed", type=int, default=0)
@@ -170,6 +176,9 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   steps = [int(x) for x in args.steps.split(",")]
   lrs = [float(x) for x in args.lr.split(",")]
+  trainable = args.trainable.split(",")
+  if len(trainable) != 3 or set(trainable) - {"official", "all"}:
+    p.error(f"--trainable {args.trainable!r}: give three of official|all, e.g. all,all,official")
   if len(steps) != 3 or len(lrs) != 3:
     print("train_puppet_model: error: --steps and --lr take three values", file=sys.stderr)
     return 2
@@ -198,6 +207,7 @@ def main(argv=None) -> int:
       f"--config.seed={args.seed + stage}",
       f"--config.train.ckpt_every={steps[i]}",
       "--config.train.log_every=5",
+      f"--config.train.trainable={trainable[i]}",
     ]
     if prev:
       overrides.append(f"--config.init.checkpoint={prev}")

@@ -17,7 +17,9 @@ Resuming is automatic: when `workdir/checkpoints` holds a checkpoint, the latest
 continues to `config.train.steps` (the checkpoint's step counts batches consumed, skipped ones
 included). SIGTERM (preemption) saves a checkpoint at the current step and returns cleanly.
 A run of `config.train.max_bad_steps` consecutive non-finite steps raises `TrainingDiverged`
-without writing a checkpoint, so the last good one stays the latest.
+without writing a checkpoint, so the last good one stays the latest. A step's metrics are read
+from the device only after the next step is dispatched (one step in flight), except on steps that
+checkpoint, sample or stop.
 """
 
 from __future__ import annotations
