@@ -7,7 +7,8 @@ nor the denoiser saw), rendered on the fly with exact ground truth. Conditions:
 
   aligned      the reference is the clip's first frame (and its pose); one chunk of --frames
   misaligned   the reference is the same puppet in a still pose with another framing (full /
-               half body / close-up, another scale and offset); one chunk of --frames
+               half body / close-up, another scale and offset), in front of the clip's background
+               (--reference-background same, the default; `new`: an independent one); one chunk
   long         misaligned, --long-frames frames generated as two chunks of --frames (the second
                TokenReplace-conditioned on the last 5 frames of the first)
 
@@ -50,6 +51,11 @@ def main(argv=None) -> int:
   p.add_argument("--model", default=str(E.MODEL_DIR))
   p.add_argument("--vae", default=str(E.VAE_DIR))
   p.add_argument("--no-ablations", action="store_true")
+  p.add_argument(
+    "--reference-background", choices=("same", "new"), default="same",
+    help="misaligned references in front of the clip's scene (same, default) or of an "
+    "independent background (new: the figures recorded before this option)",
+  )  # fmt: skip
   p.add_argument("--json", default=None, help="write the figures here")
   args = p.parse_args(argv)
   if args.long_frames <= args.frames:
@@ -71,7 +77,9 @@ def main(argv=None) -> int:
   gen = dict(chunk=args.frames, steps=args.steps, progress=False)
   for k in range(args.cases):
     t0 = time.perf_counter()
-    full = E.heldout_case(k, frames=args.long_frames)
+    full = E.heldout_case(
+      k, frames=args.long_frames, reference_background=args.reference_background
+    )
     short = E.PuppetCase(full.frames[: args.frames], full.kp133[: args.frames], full.ref_frame,
                          full.ref_kp133, full.meta)  # fmt: skip
     gt = short.frames

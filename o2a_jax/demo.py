@@ -2,12 +2,12 @@
 
 Loads the tiny One-to-All denoiser trained on the puppet world through stages 1-3
 (`assets/puppet_model`, see its README) and the small puppet VAE whose latent space it was
-trained in (`assets/puppet_vae`; checked by sha256), renders a held-out
-puppet (an identity neither model saw) performing a motion, and animates it from a misaligned
-reference: by default a half-body still of the puppet in another framing drives a full-body
-motion. The ground truth is exact (the generator renders the same puppet along the same poses),
-so the demo reports PSNR and SSIM of the result against it, next to two baselines (copying the
-reference, and the pose-guided translation of the reference). Writes to --out:
+trained in (`assets/puppet_vae`; checked by sha256), renders a held-out puppet (an identity
+neither model saw) performing a motion, and animates it from a misaligned reference: by default
+a half-body still of the puppet in another framing, in front of the same background, drives a
+full-body motion. The ground truth is exact (the generator renders the same puppet along the same
+poses), so the demo reports PSNR and SSIM of the result against it, next to two baselines
+(copying the reference, and the pose-guided translation of the reference). Writes to --out:
 
   result.gif, result.mp4          the animation (upscaled x--scale for viewing)
   side_by_side.gif/.mp4           [driving pose | result | ground truth]

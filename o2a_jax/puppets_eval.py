@@ -183,16 +183,19 @@ class PuppetCase:
   meta: dict
 
 
-def heldout_case(index: int, *, frames: int, size: int = 64, seed: int = 0) -> PuppetCase:
+def heldout_case(
+  index: int, *, frames: int, size: int = 64, seed: int = 0, reference_background: str = "same"
+) -> PuppetCase:
   """Held-out clip `index` of the world (seed, size), rendered on the fly (no files needed).
 
   Held-out puppets are drawn from their own random stream: neither the VAE nor the denoiser saw
-  them (`data_pipeline.puppets.world`).
+  them (`data_pipeline.puppets.world`). `reference_background`: the misaligned reference in front
+  of the clip's scene ("same") or of an independent background ("new", worlds before that option).
   """
   from data_pipeline.puppets.world import WorldConfig, make_video
 
   cfg = WorldConfig(seed=seed, videos=1, images=0, heldout=16, height=size, width=size,
-                    frames=frames)  # fmt: skip
+                    frames=frames, reference_background=reference_background)  # fmt: skip
   clip = make_video(cfg, index, heldout=True)
   ref = clip.meta.pop("ref")
   return PuppetCase(clip.frames, clip.kp133, ref.frames[0], ref.kp133[0], clip.meta)

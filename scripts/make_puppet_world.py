@@ -33,11 +33,16 @@ def main(argv=None) -> int:
   p.add_argument("--heldout-frames", type=int, default=0, help="held-out clip frames (0: --frames)")
   p.add_argument("--fps", type=float, default=16.0, help="frame rate (default 16)")
   p.add_argument("--puppets", type=int, default=0, help="training identities (0: videos // 4)")
+  p.add_argument(
+    "--reference-background", choices=("same", "new"), default="same",
+    help="background of misaligned references: the target's scene (same, default) or an "
+    "independent one (new, the worlds made before this option)",
+  )  # fmt: skip
   args = p.parse_args(argv)
   cfg = WorldConfig(
     seed=args.seed, videos=args.videos, images=args.images, heldout=args.heldout,
     height=args.size, width=args.size, frames=args.frames, fps=args.fps, puppets=args.puppets,
-    heldout_frames=args.heldout_frames,
+    heldout_frames=args.heldout_frames, reference_background=args.reference_background,
   )  # fmt: skip
   t0 = time.perf_counter()
   try:

@@ -243,6 +243,13 @@ def main(argv=None) -> int:
     shutil.rmtree(tmp)
   shutil.copytree(prev, tmp)
   (tmp / "training.json").write_text(json.dumps(log, indent=1))
+  # The VAE whose latent space the model learned: `o2a demo` and the evaluation check it.
+  from o2a_jax.puppets_eval import VAE_DIR, VAE_HASH_FILE, vae_sha256
+
+  vae_dir = pathlib.Path(vae or VAE_DIR)
+  (tmp / VAE_HASH_FILE).write_text(
+    f"{vae_sha256(vae_dir)}  {vae_dir / 'diffusion_pytorch_model.safetensors'}\n"
+  )
   if out.exists():
     shutil.rmtree(out)
   os.replace(tmp, out)

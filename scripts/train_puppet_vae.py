@@ -45,6 +45,10 @@ def main(argv=None) -> int:
   p.add_argument("--recon", default=d.recon, help="reconstruction loss: mse, l1 or mse+l1")
   p.add_argument("--no-sample", action="store_true", help="decode the posterior mean, not a sample")
   p.add_argument("--warmup", type=int, default=d.warmup)
+  p.add_argument(
+    "--consistency", type=float, default=d.consistency,
+    help="weight of the still-clip latent-consistency term (o2a_jax.vae.train.loss_fn; 0 = off)",
+  )  # fmt: skip
   p.add_argument("--init", default="", help="continue from this VAE folder (else a fresh init)")
   p.add_argument("--base-dim", type=int, default=d.base_dim)
   p.add_argument("--seed", type=int, default=d.seed)
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
   cfg = T.TrainConfig(
     base_dim=args.base_dim, lr=args.lr, steps=args.steps, batch=args.batch, frames=args.frames,
     kl_weight=args.kl_weight, seed=args.seed, b2=args.b2, recon=args.recon,
-    sample=not args.no_sample, warmup=args.warmup,
+    sample=not args.no_sample, warmup=args.warmup, consistency=args.consistency,
   )  # fmt: skip
   if args.init:
     from o2a_jax.convert import load_vae
@@ -80,7 +84,11 @@ def main(argv=None) -> int:
     vae = T.new_vae(cfg)
   t0 = time.perf_counter()
   psnr_init = T.reconstruction_psnr(vae, held)
-  print(f"held-out PSNR at the start: {psnr_init:.2f} dB ({len(held)} clips)")
+  cons_init = T.still_consistency(vae, held)
+  print(
+    f"held-out PSNR at the start: {psnr_init:.2f} dB ({len(held)} clips); still-clip latent "
+    f"consistency {cons_init:.4f}"
+  )
   batches = T.clip_batches(videos, cfg.batch, cfg.frames, cfg.seed, crop=args.crop or None)
   t1 = time.perf_counter()
   log = T.train(vae, batches, cfg)
@@ -89,7 +97,13 @@ def main(argv=None) -> int:
   train_clips = [v[: args.eval_frames] for v in videos[:32]]
   psnr_train = T.reconstruction_psnr(vae, train_clips)
   mean, std = T.latent_stats(vae, train_clips)
+  cons_final = T.still_consistency(vae, held)
+  cons_norm = T.still_consistency(vae, held, latents_std=std)
   print(f"held-out PSNR after training: {psnr_final:.2f} dB; training clips {psnr_train:.2f} dB")
+  print(
+    f"still-clip latent consistency (held-out, mean squared difference of the first latent frame "
+    f"and the others): {cons_final:.4f}, {cons_norm:.3f} in normalised units"
+  )
   extra = {
     "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
     "config": dataclasses.asdict(cfg),
@@ -98,6 +112,11 @@ def main(argv=None) -> int:
     "init": args.init or None,
     "heldout_psnr_db": {"start": psnr_init, "trained": psnr_final},
     "train_clips_psnr_db": psnr_train,
+    "heldout_still_consistency": {
+      "start": cons_init,
+      "trained": cons_final,
+      "trained_normalised": cons_norm,
+    },
     "eval": f"{len(held)} held-out clips x {args.eval_frames} frames, decode(encode(x)) clamped",
     "train_seconds": train_s,
     "total_seconds": time.perf_counter() - t0,

@@ -9,7 +9,14 @@ from data_pipeline.puppets import draw as D
 from data_pipeline.puppets import skeleton as S
 from data_pipeline.puppets.motion import MOTIONS, make_motion
 from data_pipeline.puppets.spec import Background, Framing, PuppetSpec
-from data_pipeline.puppets.world import WorldConfig, load_gt, make_video, read_csv, write_world
+from data_pipeline.puppets.world import (
+  WorldConfig,
+  load_gt,
+  make_image_pair,
+  make_video,
+  read_csv,
+  write_world,
+)
 from o2a_jax import pose as P
 from o2a_jax.video_io import read_video
 
@@ -124,6 +131,25 @@ def test_heldout_split(world):
   train_ids = {json.dumps(load_gt(f)["meta"]["puppet"]) for f in (out / "gt").glob("v*.npz")}
   assert json.dumps(gt["meta"]["puppet"]) not in train_ids
   assert json.loads((out / "world.json").read_text())["heldout_videos"] == [r["path"] for r in held]
+
+
+def test_misaligned_references_share_the_scene_unless_new():
+  """A misaligned reference is shown in front of its target's scene; "new" changes only that."""
+  same = WorldConfig(seed=5, frames=9, heldout=2)
+  new = WorldConfig(seed=5, frames=9, heldout=2, reference_background="new")
+  a, b = make_video(same, 0, heldout=True), make_video(new, 0, heldout=True)
+  assert a.meta["reference"]["background"] == a.meta["background"]
+  assert b.meta["reference"]["background"] != b.meta["background"]
+  np.testing.assert_array_equal(a.frames, b.frames)
+  np.testing.assert_array_equal(a.meta["ref"].kp133, b.meta["ref"].kp133)
+  assert a.meta["reference"]["framing"] == b.meta["reference"]["framing"]
+  (sa, ta), (sb, tb) = make_image_pair(same, 1), make_image_pair(new, 1)
+  assert sa.meta["background"] == ta.meta["background"] == tb.meta["background"]
+  assert sb.meta["background"] != tb.meta["background"]
+  np.testing.assert_array_equal(sa.kp133, sb.kp133)
+  np.testing.assert_array_equal(ta.frames, tb.frames)
+  with pytest.raises(ValueError, match="reference_background"):
+    WorldConfig(reference_background="other")
 
 
 def test_refuses_non_empty_output(world):

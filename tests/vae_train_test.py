@@ -137,3 +137,39 @@ def test_clip_batches_checks_and_shapes():
     next(T.clip_batches(_clips(1, f=3), 1, 5, seed=0))
   with pytest.raises(ValueError, match="multiple of 8"):
     next(T.clip_batches(_clips(1, f=5, size=32), 1, 5, seed=0, crop=12))
+
+
+def test_still_clip_consistency_term():
+  """The consistency term is the still clip's latent-frame difference over the batch's latent
+  variance: it matches a direct computation, ignores a common scale of the latents, and its
+  training lowers it."""
+  cfg = T.TrainConfig(base_dim=4, lr=3e-3, warmup=2, steps=30, batch=2, frames=5, seed=0,
+                      consistency=1.0, kl_weight=0.0)  # fmt: skip
+  vae = T.new_vae(cfg)
+  clips = _clips(2, f=5)
+  x = jnp.asarray(np.stack(clips).astype(np.float32) / 127.5 - 1)
+  _, aux = T.loss_fn(vae, x, None, 0.0, sample=False, consistency=1.0)
+  mu = T.posterior(vae, x)[0]
+  still = T.posterior(vae, jnp.broadcast_to(x[:, :1], x.shape))[0]
+  want = jnp.mean((still[:, 1:] - still[:, :1]) ** 2 / (jnp.var(mu, axis=(0, 1, 2, 3)) + 1e-6))
+  np.testing.assert_allclose(aux["consistency"], want, rtol=1e-5)
+  assert float(aux["consistency"]) > 0
+  # Scaling the encoder's output scales numerator and denominator alike.
+  q = vae.quant_conv  # mu and log-variance, 1x1x1
+  w = q.weight[...]
+  q.weight[...] = w * 3.0
+  q.bias[...] = q.bias[...] * 3.0
+  _, aux3 = T.loss_fn(vae, x, None, 0.0, sample=False, consistency=1.0)
+  np.testing.assert_allclose(aux3["consistency"], aux["consistency"], rtol=1e-3)
+  q.weight[...] = w
+  q.bias[...] = q.bias[...] / 3.0
+  # No term (and the metric 0) when the weight is 0.
+  _, aux0 = T.loss_fn(vae, x, None, 0.0, sample=False)
+  assert float(aux0["consistency"]) == 0.0
+  # Training with the term lowers it (normalised by the latent std, as the script reports).
+  before = T.still_consistency(vae, clips, latents_std=T.latent_stats(vae, clips)[1])
+  batches = T.clip_batches(clips, cfg.batch, cfg.frames, seed=1)
+  T.train(vae, batches, cfg, progress=False)
+  after = T.still_consistency(vae, clips, latents_std=T.latent_stats(vae, clips)[1])
+  print(f"still-clip consistency {before:.4f} -> {after:.4f}")
+  assert after < 0.5 * before

@@ -14,7 +14,8 @@ Layout of `OUT/` (paths inside the CSVs are relative to `OUT/`, the folder holdi
                                part labels (`draw.PART_NAMES`), `meta` (JSON: puppet, motion,
                                framing, background, fps); held-out videos also hold `ref_frame`
                                (H,W,3), `ref_kp133` (133,3) and `ref_labels`: a misaligned reference
-                               (same puppet, another framing and pose) for evaluation.
+                               (same puppet, another framing and pose, in front of the clip's
+                               background) for evaluation.
 
 Video rows: `path, pose_path, height, width, fps, num_frames, start_frame, end_frame, all_ocr_bbox`
 (one empty box list per frame: puppets carry no text), `train_start_index` (empty: no list),
@@ -25,7 +26,9 @@ qwen_caption, text}`, the source pose being `<src stem>_pose.npy`), `height, wid
 as `datasets/prepare_training_data.py` does (one group per 6 video rows). List cells are JSON, which
 is also a Python literal. Every image pair is a misaligned reference pair: the source is the
 same puppet in another pose with another framing (full body, half body or close-up, another scale
-and offset).
+and offset), in front of the target's background (`reference_background = "same"`, the default: the
+reference shows the scene, as a crop of the target's scene does in the paper's setting; "new" gives
+it an independent background, so the target's background cannot be known from it).
 
 Everything is a function of the world seed: item k of kind c draws from
 `np.random.default_rng([seed, c, k])`, so items do not depend on each other or on the counts.
@@ -78,6 +81,11 @@ class WorldConfig:
   heldout_puppets: int = 0  # 0 = max(1, heldout // 2)
   supersample: int = 4
   quality: int = 12  # x264 CRF of the MP4 files
+  # Background of a misaligned reference (held-out references, training image-pair sources):
+  # "same" = the scene of its target (the paper's setting: a crop of the same scene, so the
+  # target's background is recoverable from the reference); "new" = an independent one, as the
+  # worlds before this option (the background is then unknowable from the reference).
+  reference_background: str = "same"
 
   def __post_init__(self):
     for name in ("videos", "images", "heldout", "puppets", "heldout_puppets"):
@@ -87,6 +95,10 @@ class WorldConfig:
       raise ValueError(
         f"world: height and width must be multiples of 16 (the training bucket grid), "
         f"got {self.height}x{self.width}"
+      )
+    if self.reference_background not in ("same", "new"):
+      raise ValueError(
+        f"world: reference_background must be 'same' or 'new', got {self.reference_background!r}"
       )
     if self.frames < 5 or self.fps <= 0 or (self.heldout_frames and self.heldout_frames < 5):
       raise ValueError(
@@ -164,24 +176,27 @@ def make_video(cfg: WorldConfig, k: int, heldout: bool = False) -> Clip:
   n = cfg.heldout_frames if heldout and cfg.heldout_frames else cfg.frames
   angles = make_motion(motion, rng, n, cfg.fps)
   framing = Framing.sample(rng)
+  background = Background.sample(rng)
   clip = render_clip(
     spec,
     angles,
     framing,
-    Background.sample(rng),
+    background,
     cfg.height,
     cfg.width,
     supersample=cfg.supersample,
     meta={"puppet_index": p, "heldout": heldout, "motion": motion, "fps": cfg.fps},
   )
   if heldout:
-    # A misaligned reference: the same puppet in a still pose with another framing.
+    # A misaligned reference: the same puppet in a still pose with another framing, in front of
+    # the clip's background unless `reference_background` is "new".
     kinds = [f for f in ("full", "half", "close") if f != framing.kind]
+    pose, ref_framing = still(rng), Framing.sample(rng, kinds[int(rng.integers(len(kinds)))])
     ref = render_clip(
       spec,
-      still(rng),
-      Framing.sample(rng, kinds[int(rng.integers(len(kinds)))]),
-      Background.sample(rng),
+      pose,
+      ref_framing,
+      background if cfg.reference_background == "same" else Background.sample(rng),
       cfg.height,
       cfg.width,
       supersample=cfg.supersample,
@@ -199,14 +214,22 @@ def make_image_pair(cfg: WorldConfig, k: int) -> tuple[Clip, Clip]:
   f_tgt = Framing.sample(rng)
   kinds = [f for f in ("full", "half", "close") if f != f_tgt.kind]
   f_src = Framing.sample(rng, kinds[int(rng.integers(len(kinds)))])
+  # Both backgrounds are drawn whatever the option, so that the poses and framings do not depend
+  # on it; with "same" the source is shown in front of the target's background.
+  poses, backgrounds = [], []
+  for _ in range(2):
+    poses.append(still(rng))
+    backgrounds.append(Background.sample(rng))
+  if cfg.reference_background == "same":
+    backgrounds[0] = backgrounds[1]
   out = []
-  for framing in (f_src, f_tgt):
+  for framing, pose, background in zip((f_src, f_tgt), poses, backgrounds):
     out.append(
       render_clip(
         spec,
-        still(rng),
+        pose,
         framing,
-        Background.sample(rng),
+        background,
         cfg.height,
         cfg.width,
         supersample=cfg.supersample,
