@@ -62,6 +62,9 @@ def parse_args(argv=None):
   p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
   p.add_argument("--attn-impl", default="xla")
   p.add_argument("--text-len", type=int, default=512)
+  p.add_argument(
+    "--no-vae", action="store_true", help="time the denoising loop only (random ref latents)"
+  )
   p.add_argument("--json", default=None, help="also write the results to this JSON file")
   return p.parse_args(argv)
 
@@ -121,7 +124,7 @@ def bench(name: str, args) -> dict:
 
   t0 = time.perf_counter()
   model = random_denoiser(cfg, seed=0)
-  vae = randomize(WanVAE(VAEConfig(), dtype=jnp.dtype(args.dtype)), seed=0)
+  vae = None if args.no_vae else randomize(WanVAE(VAEConfig(), dtype=jnp.dtype(args.dtype)), seed=0)
   build_s = time.perf_counter() - t0
 
   k = jax.random.split(jax.random.key(0), 4)
@@ -134,9 +137,13 @@ def bench(name: str, args) -> dict:
   def encode():  # reference, mask and black frame, as generate_chunk does
     return [normalize(vae.encode(image)) for _ in range(3)]
 
-  encode_warm = _time(encode)
-  encode_s = _time(encode)
-  lat = encode()[0]
+  if args.no_vae:
+    encode_warm = encode_s = None
+    lat = jax.random.normal(k[2], (1, 1, h, w, 16), jnp.float32)
+  else:
+    encode_warm = _time(encode)
+    encode_s = _time(encode)
+    lat = encode()[0]
   ref_latents = jnp.concatenate([lat, lat], -1)
   ref, pose_b, rpose, text_b, scales = guidance.pass_inputs(
     args.passes, ref_latents, ref_latents, pose, ref_pose, text, text, 1.0
@@ -150,9 +157,13 @@ def bench(name: str, args) -> dict:
   denoise_warm = _time(run)
   denoise_s = _time(run)
   step_s = denoise_s / timed
-  decode_warm = _time(lambda: vae.decode(x))
-  decode_s = _time(lambda: vae.decode(x))
-  video_s = encode_s + args.steps * step_s + decode_s
+  if args.no_vae:
+    decode_warm = decode_s = None
+    video_s = None
+  else:
+    decode_warm = _time(lambda: vae.decode(x))
+    decode_s = _time(lambda: vae.decode(x))
+    video_s = encode_s + args.steps * step_s + decode_s
   res = dict(
     preset=name, reduced=reduced, layers=cfg.num_layers, frames=f, height=hh, width=ww,
     passes=args.passes, dtype=args.dtype, device=jax.devices()[0].device_kind,
@@ -160,9 +171,14 @@ def bench(name: str, args) -> dict:
     encode_s=encode_s, decode_s=decode_s, compile_denoise_s=denoise_warm - denoise_s,
     first_encode_s=encode_warm, first_decode_s=decode_warm,
   )  # fmt: skip
+  per_video = (
+    "VAE not timed (--no-vae)"
+    if args.no_vae
+    else f"{video_s:.1f} s/video ({args.steps} steps + VAE encode {encode_s:.2f} s + decode "
+    f"{decode_s:.2f} s)"
+  )
   print(
-    f"[{name}] {step_s:.3f} s/step ({timed} timed steps), {video_s:.1f} s/video "
-    f"({args.steps} steps + VAE encode {encode_s:.2f} s + decode {decode_s:.2f} s); "
+    f"[{name}] {step_s:.3f} s/step ({timed} timed steps), {per_video}; "
     f"denoise compile ~{denoise_warm - denoise_s:.1f} s, build {build_s:.1f} s",
     flush=True,
   )
