@@ -21,11 +21,17 @@ so a run killed from outside still leaves everything measured before. Sections, 
   denoise_step        1.3B, 81x480x832, three-pass guidance, bf16 (`inference_benchmark.py`)
   vae_decode          Wan VAE decode of 81x480x832 latents, bf16 (`vae_benchmark.py`)
 
+The attention sections run one process per implementation (`parts`), the riskiest last: a
+kernel that faults leaves its CUDA context unusable, which must not cost the other rows.
+
 JSON schema (`gpu_suite.json`): {"schema": "o2a-gpu-suite/1", "dry_run", "budget_s", "git",
-"started", "wall_s", "sections": {NAME: {"status": "ok" | "error" | "timeout" | "skipped",
-"cap_s", "wall_s", "error"?, "results"?}}}; `results` per section: env a dict; the attention
-sections lists of rows (impl, mode/size, dtype, rel errors or times and TFLOP/s); the benchmark
-sections the JSON of the script they run. `gpu_suite.log` holds every section's output.
+"started", "wall_s", "sections": {NAME: ENTRY}}. A one-part section's ENTRY is {"status": "ok" |
+"error" | "timeout" | "skipped", "cap_s", "wall_s", "error"?, "results"?}; an attention
+section's is {"status": "ok" | "partial" | "error" | "skipped", "parts": {IMPL: ENTRY without
+results}, "results": [rows of every part]}. Rows: numerics (impl, mode, shape, dtype, lengths,
+rel_out, rel_grads, max_rel, status pass/FAIL/error); speed (impl, size, mode, lengths, fwd_ms,
+bwd_ms, fwd_tflops, bwd_tflops or error). The benchmark sections' results are the JSON of the
+script they run. `gpu_suite.log` holds every part's output.
 
   bash benchmarks/gpu_suite.sh                 # on the GPU (device tool), writes to $OUT
   python benchmarks/gpu_suite.py --dry-run --out /tmp/suite   # the same code, tiny, on CPU
@@ -49,14 +55,16 @@ import traceback
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA = "o2a-gpu-suite/1"
 
-# (name, time cap in seconds at full size); a section starts only with its minimum left.
+# (name, parts, time cap per part in seconds at full size). Each part runs in its own process
+# (a kernel that faults poisons its CUDA context for the rest of that process), the riskiest
+# impl last; a part starts only with MIN_START_S of the budget left.
 SECTIONS = (
-  ("env", 60),
-  ("attention_numerics", 120),
-  ("attention_speed", 150),
-  ("train_step", 200),
-  ("denoise_step", 150),
-  ("vae_decode", 120),
+  ("env", ("",), 60),
+  ("attention_numerics", ("cudnn", "pallas_gpu", "pallas_mosaic"), 70),
+  ("attention_speed", ("jax_cudnn", "cudnn", "pallas_gpu", "xla", "pallas_mosaic"), 60),
+  ("train_step", ("",), 200),
+  ("denoise_step", ("",), 150),
+  ("vae_decode", ("",), 120),
 )
 MIN_START_S = 30
 NUMERIC_TOL = {"bfloat16": 1e-2, "float32": 1e-5}
@@ -85,7 +93,7 @@ def _error_text(e: BaseException) -> str:
 # --- sections (each runs in a child process) ------------------------------------------------
 
 
-def section_env(dry: bool, out: pathlib.Path) -> dict:
+def section_env(dry: bool, out: pathlib.Path, part: str = "") -> dict:
   import importlib.metadata as md
   import platform
 
@@ -166,48 +174,55 @@ def _mode_args(arrays, mode):
   return [arrays[n] for n in names.split()]
 
 
-def section_attention_numerics(dry: bool, out: pathlib.Path) -> list:
+NUMERIC_CASES = {  # impl -> dtypes (cudnn and mosaic take bf16/f16 only)
+  "cudnn": ("bfloat16",),
+  "pallas_gpu": ("bfloat16", "float32"),
+  "pallas_mosaic": ("bfloat16",),
+}
+
+
+def section_attention_numerics(dry: bool, out: pathlib.Path, part: str) -> list:
+  """One impl against the `xla` oracle; the oracle runs at HIGHEST matmul precision (on a GPU,
+  XLA's default float32 dot is TF32, which would blur the float32 check)."""
   import jax
   import jax.numpy as jnp
 
   from kernels.attention import pallas_gpu, pallas_mosaic
 
+  impl = part
   gpu = jax.default_backend() == "gpu"
-  heads, lq, lk, kd = (2, 72, 41, 128) if dry else (4, 1999, 389, 128)
-  cases = [
-    ("cudnn", "bfloat16"),
-    ("pallas_gpu", "bfloat16"),
-    ("pallas_gpu", "float32"),
-    ("pallas_mosaic", "bfloat16"),
-  ]  # fmt: skip (cudnn and mosaic refuse float32)
-  rows, oracles = [], {}
-  for dtype_name in ("bfloat16", "float32"):
-    arrays, t = _attention_inputs(heads, lq, lk, kd, jnp.dtype(dtype_name))
-    for mode in ("self", "reference", "hybrid"):
-      args = _mode_args(arrays, mode)
-      want, vjp = jax.vjp(jax.jit(_mode_fn("xla", mode, t)), *args)
-      oracles[dtype_name, mode] = (args, arrays["g"], t, want, vjp(arrays["g"]))
-  for impl, dtype_name in cases:
-    for mode in ("self", "reference", "hybrid"):
-      row = dict(impl=impl, mode=mode, dtype=dtype_name, heads=heads, lq=lq, lk=lk, head_dim=kd)
-      rows.append(row)
-      if not gpu and impl != "pallas_gpu":
-        row["status"] = "skipped: needs a GPU"
-        continue
-      cfg = pallas_gpu.config() if impl == "pallas_gpu" else None
-      if impl == "pallas_mosaic":
-        cfg = pallas_mosaic.config(interpret=False)
-      args, g, t, want, want_grads = oracles[dtype_name, mode]
-      try:
-        got, vjp = jax.vjp(jax.jit(_mode_fn(impl, mode, t, cfg)), *args)
-        grads = vjp(g)
-        errs = [_rel(got, want)] + [_rel(a, b) for a, b in zip(grads, want_grads)]
-        row.update(rel_out=errs[0], rel_grads=errs[1:], max_rel=max(errs))
-        row["status"] = "pass" if max(errs) < NUMERIC_TOL[dtype_name] else "FAIL"
-      except Exception as e:
-        row["status"] = "error"
-        row["error"] = _error_text(e)
-      print(json.dumps(row), flush=True)
+  heads, kd = (2, 128) if dry else (4, 128)
+  shapes = [("ragged", 72, 41)] if dry else [("ragged", 1999, 389)]
+  if impl == "pallas_mosaic" and not dry:  # aligned first: tells a padding bug from the rest
+    shapes.insert(0, ("aligned", 2048, 512))
+  rows = []
+  for shape, lq, lk in shapes:
+    for dtype_name in NUMERIC_CASES[impl]:
+      arrays, t = _attention_inputs(heads, lq, lk, kd, jnp.dtype(dtype_name))
+      for mode in ("self", "reference", "hybrid"):
+        row = dict(impl=impl, mode=mode, shape=shape, dtype=dtype_name, heads=heads, lq=lq,
+                   lk=lk, head_dim=kd)  # fmt: skip
+        rows.append(row)
+        if not gpu and impl != "pallas_gpu":
+          row["status"] = "skipped: needs a GPU"
+          continue
+        cfg = pallas_gpu.config() if impl == "pallas_gpu" else None
+        if impl == "pallas_mosaic":
+          cfg = pallas_mosaic.config(interpret=False)
+        args, g = _mode_args(arrays, mode), arrays["g"]
+        try:
+          with jax.default_matmul_precision("highest"):
+            want, vjp = jax.vjp(jax.jit(_mode_fn("xla", mode, t)), *args)
+            want_grads = vjp(g)
+          got, vjp = jax.vjp(jax.jit(_mode_fn(impl, mode, t, cfg)), *args)
+          grads = vjp(g)
+          errs = [_rel(got, want)] + [_rel(a, b) for a, b in zip(grads, want_grads)]
+          row.update(rel_out=errs[0], rel_grads=errs[1:], max_rel=max(errs))
+          row["status"] = "pass" if max(errs) < NUMERIC_TOL[dtype_name] else "FAIL"
+        except Exception as e:
+          row["status"] = "error"
+          row["error"] = _error_text(e)
+        print(json.dumps(row), flush=True)
   return rows
 
 
@@ -226,7 +241,7 @@ def _timed(fn, args, warmup: int, iters: int) -> float:
   return statistics.median(times)
 
 
-def section_attention_speed(dry: bool, out: pathlib.Path) -> list:
+def section_attention_speed(dry: bool, out: pathlib.Path, part: str) -> list:
   import jax
   import jax.numpy as jnp
 
@@ -236,9 +251,7 @@ def section_attention_speed(dry: bool, out: pathlib.Path) -> list:
   shapes = {"1.3b": (12, 32760, 1560), "14b": (40, 75600, 3600)}
   if dry:
     shapes = {"1.3b": (1, 96, 24), "14b": (2, 128, 40)}
-  impls = ["jax_cudnn", "cudnn", "pallas_mosaic", "pallas_gpu", "xla"] if gpu else ["xla"]
-  if dry and not gpu:
-    impls = ["xla", "pallas_gpu"]
+  impls = [part]
   kd, warmup, iters = 128, 1, 3 if not dry else 1
   rows = []
 
@@ -260,6 +273,8 @@ def section_attention_speed(dry: bool, out: pathlib.Path) -> list:
       for impl in impls:
         if impl == "xla" and size == "14b" and not dry:
           continue  # minutes per call: not worth the lease
+        if not gpu and impl in ("jax_cudnn", "cudnn", "pallas_mosaic"):
+          continue
         row = dict(size=size, mode=mode, impl=impl, heads=heads, lq=lq, lk=lk, head_dim=kd,
                    dtype="bfloat16", flops_fwd=flops_fwd, flops_bwd=2.5 * flops_fwd)  # fmt: skip
         rows.append(row)
@@ -301,7 +316,7 @@ def _run_script(script: str, argv: list[str], out: pathlib.Path, name: str):
   return json.loads(path.read_text())
 
 
-def section_train_step(dry: bool, out: pathlib.Path):
+def section_train_step(dry: bool, out: pathlib.Path, part: str = ""):
   argv = ["--model", "1.3b", "--buckets", "512", "--frames", "29", "--dtype", "bf16",
           "--remat", "full", "--attn", "cudnn", "--warmup", "1", "--steps", "3"]  # fmt: skip
   if dry:
@@ -310,7 +325,7 @@ def section_train_step(dry: bool, out: pathlib.Path):
   return _run_script("train_benchmark", argv, out, "train_step")
 
 
-def section_denoise_step(dry: bool, out: pathlib.Path):
+def section_denoise_step(dry: bool, out: pathlib.Path, part: str = ""):
   from o2a_jax.model import preset
   from o2a_jax.train import metrics
 
@@ -336,7 +351,7 @@ def section_denoise_step(dry: bool, out: pathlib.Path):
   return res
 
 
-def section_vae_decode(dry: bool, out: pathlib.Path):
+def section_vae_decode(dry: bool, out: pathlib.Path, part: str = ""):
   argv = ["--only", "decode", "--frames", "81", "--height", "480", "--width", "832",
           "--dtype", "bf16", "--repeats", "2", "--torch", "off"]  # fmt: skip
   if dry:
@@ -359,17 +374,66 @@ SECTION_FNS = {
 
 
 def _child(args) -> int:
-  """One section in this process: writes {"results": ...} or {"error": ...} to --section-out."""
+  """One section part in this process: writes {"results": ...} or {"error": ...}."""
   sys.path.insert(0, str(ROOT))
   out = pathlib.Path(args.section_out)
   try:
-    results = SECTION_FNS[args.section](args.dry_run, out.parent)
+    results = SECTION_FNS[args.section](args.dry_run, out.parent, args.part)
     _write_json(out, {"results": results})
     return 0
   except BaseException as e:
     traceback.print_exc()
     _write_json(out, {"error": _error_text(e)})
     return 1
+
+
+def _run_part(name, part, timeout, args, out, env, log) -> dict:
+  """Runs one part in a child process under `timeout`; returns its entry (status, results)."""
+  sec_json = out / f".{name}.{part or 'all'}.section.json"
+  sec_json.unlink(missing_ok=True)
+  cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--section", name, "--part", part,
+         "--section-out", str(sec_json)] + (["--dry-run"] if args.dry_run else [])  # fmt: skip
+  label = f"{name}/{part}" if part else name
+  print(f"[gpu_suite] {label}: start (cap {timeout:.0f} s)", flush=True)
+  log.write(f"\n===== {label} =====\n")
+  log.flush()
+  t0 = time.monotonic()
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env, start_new_session=True)  # fmt: skip
+  try:
+    stdout, _ = proc.communicate(timeout=timeout)
+    timed_out = False
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, 9)
+    stdout, _ = proc.communicate()
+    timed_out = True
+  log.write(stdout or "")
+  log.flush()
+  sys.stdout.write(stdout or "")
+  entry = {"cap_s": round(timeout), "wall_s": round(time.monotonic() - t0, 1)}
+  body = json.loads(sec_json.read_text()) if sec_json.exists() else {}
+  sec_json.unlink(missing_ok=True)
+  if timed_out:
+    entry.update(status="timeout", error=f"killed after {timeout:.0f} s")
+  elif "results" in body and proc.returncode == 0:
+    entry.update(status="ok", results=body["results"])
+  else:
+    entry.update(status="error", error=body.get("error") or f"exit {proc.returncode}, see log")
+  print(f"[gpu_suite] {label}: {entry['status']} in {entry['wall_s']} s", flush=True)
+  return entry
+
+
+def _merge(parts, entries: dict) -> dict:
+  """A section's entry from its parts' entries (a one-part section is that part's entry)."""
+  if parts == ("",):
+    return entries[""]
+  statuses = [e["status"] for e in entries.values()]
+  status = "ok" if statuses and all(x == "ok" for x in statuses) else "partial"
+  if not any(x == "ok" for x in statuses):
+    status = "error" if any(x in ("error", "timeout") for x in statuses) else "skipped"
+  results = [row for e in entries.values() for row in e.get("results", [])]
+  summary = {p: {k: v for k, v in e.items() if k != "results"} for p, e in entries.items()}
+  return {"status": status, "parts": summary, "results": results}
 
 
 def _gpu_present() -> bool:
@@ -398,11 +462,12 @@ def main(argv=None) -> int:
   p.add_argument("--only", default="", help="comma list of sections (default: all, in order)")
   p.add_argument("--section", choices=sorted(SECTION_FNS), help=argparse.SUPPRESS)
   p.add_argument("--section-out", help=argparse.SUPPRESS)
+  p.add_argument("--part", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.section:
     return _child(args)
 
-  names = [n for n, _ in SECTIONS]
+  names = [n for n, _, _ in SECTIONS]
   only = [s for s in args.only.split(",") if s]
   for s in only:
     if s not in names:
@@ -429,57 +494,28 @@ def main(argv=None) -> int:
   if args.dry_run:
     env.setdefault("JAX_PLATFORMS", "cpu")
   with open(log_path, "a") as log:
-    for name, cap in SECTIONS:
+    for name, parts, cap in SECTIONS:
       if only and name not in only:
         continue
-      left = args.budget - (time.monotonic() - t_start)
-      entry = {"cap_s": cap}
-      report["sections"][name] = entry
-      if left < MIN_START_S:
-        entry.update(status="skipped", error=f"budget: {left:.0f} s left")
-        print(f"[gpu_suite] {name}: skipped ({left:.0f} s of the budget left)", flush=True)
+      entries = {}
+      for part in parts:
+        left = args.budget - (time.monotonic() - t_start)
+        if left < MIN_START_S:
+          entries[part] = {"status": "skipped", "error": f"budget: {left:.0f} s left"}
+          print(f"[gpu_suite] {name}/{part}: skipped ({left:.0f} s of the budget left)")
+          continue
+        timeout = min(cap, left) if not args.dry_run else max(cap, left)
+        entries[part] = _run_part(name, part, timeout, args, out, env, log)
+        report["sections"][name] = _merge(parts, entries)
+        report["wall_s"] = round(time.monotonic() - t_start, 1)
         _write_json(json_path, report)
-        continue
-      timeout = min(cap, left) if not args.dry_run else max(cap, left)
-      sec_json = out / f".{name}.section.json"
-      sec_json.unlink(missing_ok=True)
-      cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--section", name,
-             "--section-out", str(sec_json)] + (["--dry-run"] if args.dry_run else [])  # fmt: skip
-      print(f"[gpu_suite] {name}: start (cap {timeout:.0f} s)", flush=True)
-      log.write(f"\n===== {name} =====\n")
-      log.flush()
-      t0 = time.monotonic()
-      proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, start_new_session=True)  # fmt: skip
-      try:
-        stdout, _ = proc.communicate(timeout=timeout)
-        status = None
-      except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        stdout, _ = proc.communicate()
-        status = "timeout"
-      log.write(stdout or "")
-      log.flush()
-      sys.stdout.write(stdout or "")
-      entry["wall_s"] = round(time.monotonic() - t0, 1)
-      body = json.loads(sec_json.read_text()) if sec_json.exists() else {}
-      sec_json.unlink(missing_ok=True)
-      if status == "timeout":
-        entry.update(status="timeout", error=f"killed after {timeout:.0f} s")
-      elif "results" in body and proc.returncode == 0:
-        entry.update(status="ok", results=body["results"])
-      else:
-        error = body.get("error") or f"exit {proc.returncode}, see gpu_suite.log"
-        entry.update(status="error", error=error)
-      print(f"[gpu_suite] {name}: {entry['status']} in {entry['wall_s']} s", flush=True)
-      report["wall_s"] = round(time.monotonic() - t_start, 1)
-      _write_json(json_path, report)
+      report["sections"][name] = _merge(parts, entries)
   for part in out.glob("*.part.json"):
     part.unlink()
   report["wall_s"] = round(time.monotonic() - t_start, 1)
   _write_json(json_path, report)
   print(f"[gpu_suite] wrote {json_path} and {log_path} in {report['wall_s']} s", flush=True)
-  bad = [n for n, e in report["sections"].items() if e["status"] in ("error", "timeout")]
+  bad = [n for n, e in report["sections"].items() if e["status"] != "ok"]
   return 1 if bad and args.dry_run else 0
 
 

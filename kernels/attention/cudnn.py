@@ -2,7 +2,10 @@
 
 The H100 default (spec jax_stack §0): XLA fuses the rotation into the q/k producer, cuDNN does
 the attention. cuDNN takes float16/bfloat16 only, so float32 inputs are refused rather than
-silently downcast. Sequence lengths need no padding: cuDNN handles any length. The hybrid form
+silently downcast. cuDNN's training graphs refuse odd sequence lengths ("Unsupported sequence
+length", measured on an H200 with jax 0.11.2 at 1,999 / 389 tokens), so odd lengths are padded by
+one token: the padded key is excluded with `key_value_seq_lengths` (lengths, never a boolean
+mask: a mask makes cuDNN materialise it), the padded query row is sliced off. The hybrid form
 is two cuDNN calls (self, reference) whose outputs are summed in float32; the backward is
 cuDNN's own (jax defines the custom_vjp), RoPE's transpose is XLA's autodiff.
 """
@@ -25,8 +28,23 @@ def _check(q):
     )
 
 
+def _pad_even(x):
+  """x (B, L, N, K) padded along L to an even length."""
+  if x.shape[1] % 2 == 0:
+    return x
+  return jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
+
+
 def _attn(q, k, v):
-  return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+  lq, lk = q.shape[1], k.shape[1]
+  kv_lens = None
+  if lk % 2:  # the padded key must get no weight
+    kv_lens = jnp.full((k.shape[0],), lk, jnp.int32)
+  out = jax.nn.dot_product_attention(
+    _pad_even(q), _pad_even(k), _pad_even(v), key_value_seq_lengths=kv_lens,
+    implementation="cudnn",
+  )  # fmt: skip
+  return out[:, :lq]
 
 
 def attention(q, k, v, *, q_rope=None, k_rope=None):
