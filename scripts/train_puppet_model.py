@@ -18,11 +18,9 @@ has no Wan2.1-T2V backbone, so stage 1 starts from the seeded random init. The l
 copied to `--out` with `training.json` (commands, settings, wall times, per-stage loss curves).
 
 Each `o2a train` runs in a child process as `o2a_jax.cli.main(["train", ...])` (this script with
-`_o2a_train` first) with 3-D convolutions computed as sums of per-tap 2-D convolutions: the frozen
-VAE that encodes every batch (`o2a_jax.vae.train.conv_as_2d_taps`) and the pose encoder's causal
-3-D convolutions (`_conv3d_by_2d_taps` below). Same results to float rounding (measured max
-difference 2e-6); XLA's CPU backend runs 3-D convolutions several times slower (the VAE encode
-and the pose encoder dominate the toy's step; measured 2.4x on a pose-encoder conv gradient).
+`_o2a_train` first). On a CPU every 3-D convolution (the frozen VAE that encodes each batch, the
+pose encoder) is computed as per-tap 2-D convolutions, the CPU default of
+`o2a_jax/layers/conv.py` (XLA's CPU 3-D convolution is several times slower).
 `--vae` picks the VAE folder (default assets/puppet_vae); its latent statistics normalise the
 latents.
 """
@@ -42,45 +40,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _conv3d_by_2d_taps(self, x):
-  """`o2a_jax.layers.conv_encoders.Conv` on a 3-D kernel as kt strided 2-D convolutions."""
-  import jax
-  import jax.numpy as jnp
-
-  kt = self.kernel.shape[0]
-  st, sh, sw = self.stride
-  b, t = x.shape[:2]
-  t_out = (t - kt) // st + 1
-  w = self.kernel[...].astype(self.dtype)
-  x = x.astype(self.dtype)
-  y = 0.0
-  for k in range(kt):
-    xs = x[:, k : k + st * (t_out - 1) + 1 : st].reshape(b * t_out, *x.shape[2:])
-    y = y + jax.lax.conv_general_dilated(
-      xs, w[k], (sh, sw), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      preferred_element_type=jnp.float32,
-    )  # fmt: skip
-  y = y.reshape(b, t_out, *y.shape[1:])
-  return (y + self.bias[...].astype(jnp.float32)).astype(self.dtype)
-
-
-def o2a_train_2d_taps(argv: list[str]) -> int:
-  """`o2a train argv...` with the 2-D-tap convolutions (see the module docstring)."""
+def o2a_train_in_process(argv: list[str]) -> int:
+  """`o2a train argv...` in this process (the CPU default computes 3-D convolutions per tap)."""
   from o2a_jax.cli import main as o2a_main
-  from o2a_jax.layers.conv_encoders import Conv
-  from o2a_jax.vae.train import conv_as_2d_taps
 
-  original = Conv.__call__
-
-  def call(self, x):
-    return _conv3d_by_2d_taps(self, x) if self.kernel.ndim == 5 else original(self, x)
-
-  Conv.__call__ = call
-  try:
-    with conv_as_2d_taps():
-      return o2a_main(["train", *argv])
-  finally:
-    Conv.__call__ = original
+  return o2a_main(["train", *argv])
 
 
 def _run(cmd: list[str]) -> float:
@@ -259,5 +223,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   if sys.argv[1:2] == ["_o2a_train"]:
-    sys.exit(o2a_train_2d_taps(sys.argv[2:]))
+    sys.exit(o2a_train_in_process(sys.argv[2:]))
   sys.exit(main())

@@ -9,7 +9,6 @@ from flax import nnx
 from o2a_jax.convert import load_vae
 from o2a_jax.vae import LATENTS_MEAN, LATENTS_STD, denormalize, normalize
 from o2a_jax.vae import train as T
-from o2a_jax.vae.layers import CausalConv3d
 from o2a_jax.vae.model import _causal_scan
 
 # A tiny config: 4 base channels, 16x16 frames (2x2 latents).
@@ -50,20 +49,6 @@ def test_loss_falls(trained):
   assert np.all(np.isfinite(losses))
   print(f"mse first 3 {np.mean(losses[:3]):.4f} last 3 {np.mean(losses[-3:]):.4f}")
   assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
-
-
-def test_conv_by_2d_taps_equals_conv3d():
-  conv = CausalConv3d(5, 7, (3, 3, 3), dtype=jnp.float32)
-  rng = np.random.default_rng(0)
-  conv.weight[...] = jnp.asarray(rng.standard_normal((3, 3, 3, 5, 7)), jnp.float32)
-  conv.bias[...] = jnp.asarray(rng.standard_normal(7), jnp.float32)
-  x = jnp.asarray(rng.standard_normal((2, 6, 8, 10, 5)), jnp.float32)
-  ref = conv.conv(x)
-  with T.conv_as_2d_taps():
-    ours = conv.conv(x)
-  assert ours.shape == ref.shape == (2, 4, 8, 10, 7)
-  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
-  assert CausalConv3d.conv is not T._conv_by_2d_taps  # restored
 
 
 def test_causal_unrolled_equals_causal_scan():

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from o2a_jax import sharding
+from o2a_jax.layers.conv import conv3d
 from o2a_jax.layers.norms import GroupNorm, param
 
 _BATCH_ONLY = ("act_batch", None, None, None, None)  # B T H W C
@@ -58,16 +59,15 @@ class Conv(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     nd = self.kernel.ndim - 2
-    spatial = "THW"[-nd:] if nd <= 3 else None
-    dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
-    y = jax.lax.conv_general_dilated(
-      x.astype(self.dtype),
-      self.kernel[...].astype(self.dtype),
-      self.stride,
-      "VALID",
-      dimension_numbers=dn,
-      preferred_element_type=jnp.float32,
-    )
+    x, w = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
+    if nd == 3:  # the backend's 3-D strategy (o2a_jax/layers/conv.py)
+      y = conv3d(x, w, strides=self.stride, preferred_element_type=jnp.float32)
+    else:
+      spatial = "THW"[-nd:]
+      dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+      y = jax.lax.conv_general_dilated(
+        x, w, self.stride, "VALID", dimension_numbers=dn, preferred_element_type=jnp.float32
+      )
     return (y + self.bias[...].astype(jnp.float32)).astype(self.dtype)
 
 

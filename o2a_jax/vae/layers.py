@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from o2a_jax.layers.conv import conv3d
+
 CACHE_T = 2  # frames of history a 3-frame causal kernel needs
 
 
@@ -40,14 +42,11 @@ class CausalConv3d(nnx.Module):
 
   def conv(self, x: jax.Array) -> jax.Array:
     """Valid in time, same in space; x already holds its temporal history."""
-    kt, kh, kw = self.kernel
-    w = self.weight[...].astype(x.dtype)
-    y = jax.lax.conv_general_dilated(
+    _, kh, kw = self.kernel
+    y = conv3d(
       x,
-      w,
-      window_strides=(1, 1, 1),
-      padding=((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)),
-      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+      self.weight[...].astype(x.dtype),
+      padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
       precision=self.precision,
     )
     return y + self.bias[...].astype(y.dtype)
@@ -157,13 +156,8 @@ class Resample(nnx.Module):
         full = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
         cache = x[:, -1:]
         tc = self.time_conv
-        x = jax.lax.conv_general_dilated(
-          full,
-          tc.weight[...].astype(x.dtype),
-          window_strides=(2, 1, 1),
-          padding="VALID",
-          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-          precision=self.precision,
+        x = conv3d(
+          full, tc.weight[...].astype(x.dtype), strides=(2, 1, 1), precision=self.precision
         ) + tc.bias[...].astype(x.dtype)
     return x, cache
 

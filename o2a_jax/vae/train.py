@@ -28,7 +28,6 @@ constants under these names too). `read_latent_stats` returns them for
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -43,7 +42,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from o2a_jax.vae.layers import CausalConv3d
 from o2a_jax.vae.model import VAEConfig, WanVAE
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -132,46 +130,6 @@ def _causal_unrolled(step_first, step, x, chunk: int):
     y, cache = step(x[:, s : s + chunk], cache)
     ys.append(y)
   return jnp.concatenate(ys, axis=1)
-
-
-# --- a faster convolution for CPU training ------------------------------------------------------
-
-
-def _conv_by_2d_taps(self: CausalConv3d, x: jax.Array) -> jax.Array:
-  """`CausalConv3d.conv` as a sum of per-tap 2-D convolutions (same result to float rounding).
-
-  XLA's CPU backend runs 3-D convolutions far slower than 2-D ones (measured here on a 3x3x3,
-  16->16 conv over (4,7,64,64,16): 1.0 s vs 0.12 s forward+backward), so training folds time into
-  the batch and sums the kt temporal taps.
-  """
-  kt, kh, kw = self.kernel
-  w = self.weight[...].astype(x.dtype)
-  b, t = x.shape[:2]
-  t_out = t - kt + 1
-  y = 0.0
-  for k in range(kt):
-    xs = x[:, k : k + t_out].reshape(b * t_out, *x.shape[2:])
-    y = y + jax.lax.conv_general_dilated(
-      xs,
-      w[k],
-      window_strides=(1, 1),
-      padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      precision=self.precision,
-    )
-  y = y.reshape(b, t_out, *y.shape[1:])
-  return y + self.bias[...].astype(y.dtype)
-
-
-@contextlib.contextmanager
-def conv_as_2d_taps():
-  """While tracing inside this context, `CausalConv3d` convolves through `_conv_by_2d_taps`."""
-  original = CausalConv3d.conv
-  CausalConv3d.conv = _conv_by_2d_taps
-  try:
-    yield
-  finally:
-    CausalConv3d.conv = original
 
 
 # --- forward pieces with the full posterior (the public encode returns only the mean) -------------
@@ -285,8 +243,7 @@ def make_step(
       vae = nnx.merge(graphdef, p)
       return loss_fn(vae, video, key, kl_weight, sample, recon_loss, consistency)
 
-    with conv_as_2d_taps():  # active while jit traces this body
-      (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
+    (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": loss, **aux, "grad_norm": optax.global_norm(grads)}
@@ -382,19 +339,17 @@ def psnr(a, b) -> float:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _encode_mean(graphdef, state, video):
-  with conv_as_2d_taps():
-    return posterior(nnx.merge(graphdef, state), video)[0]
+  return posterior(nnx.merge(graphdef, state), video)[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _reconstruct(graphdef, state, video):
-  with conv_as_2d_taps():
-    vae = nnx.merge(graphdef, state)
-    return jnp.clip(decode_unclamped(vae, posterior(vae, video)[0]), -1.0, 1.0)
+  vae = nnx.merge(graphdef, state)
+  return jnp.clip(decode_unclamped(vae, posterior(vae, video)[0]), -1.0, 1.0)
 
 
 def reconstruct(vae: WanVAE, video) -> jax.Array:
-  """`vae.decode(vae.encode(video))` (untiled, clamped) with the fast CPU convolution."""
+  """`vae.decode(vae.encode(video))` (untiled, clamped)."""
   graphdef, state = nnx.split(vae)
   return _reconstruct(graphdef, state, jnp.asarray(video, jnp.float32))
 
