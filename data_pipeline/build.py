@@ -278,6 +278,15 @@ def _estimator(det_model, pose_model):
 
 
 def _finish(writer: DatasetWriter, rep: _Report, summary: dict, quiet: bool) -> dict:
+  if writer.counts["clip"] + writer.counts["pair"] == 0:
+    writer.abort()
+    first = "; ".join(str(x) for x in rep.skipped[:3])
+    source = summary.get("csv") or summary.get("folder")
+    raise ValueError(
+      f"no usable clip or image pair in {source} ({len(rep.skipped)} skipped"
+      + (f": {first}" if first else "")
+      + f"); nothing was written to {writer.dir}"
+    )
   summary = dict(summary, skipped=len(rep.skipped), skipped_items=rep.skipped[:1000])
   info = writer.close(summary)
   if not quiet:

@@ -10,6 +10,22 @@ from __future__ import annotations
 import argparse
 
 
+def _int_at_least(low: int, multiple: int = 1):
+  """An argparse type: an integer >= low (and a multiple of `multiple`)."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low or value % multiple:
+      extra = f" and a multiple of {multiple}" if multiple > 1 else ""
+      raise argparse.ArgumentTypeError(f"must be >= {low}{extra}, got {value}")
+    return value
+
+  return parse
+
+
 def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument(
     "--image-format",
@@ -18,15 +34,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     help="frame encoding in the records (JPEG quality 95 or lossless PNG)",
   )
   p.add_argument(
-    "--max-frames", type=int, default=0, help="read at most this many frames per video (0 = all)"
+    "--max-frames",
+    type=_int_at_least(0),
+    default=0,
+    help="read at most this many frames per video (0 = all)",
   )
   p.add_argument(
     "--max-short-side",
-    type=int,
+    type=_int_at_least(0),
     default=0,
     help="downscale frames whose short side exceeds this (0 = keep)",
   )
-  p.add_argument("--records-per-shard", type=int, default=64)
+  p.add_argument(
+    "--records-per-shard",
+    type=_int_at_least(1),
+    default=64,
+    help="records per ArrayRecord shard file (default 64)",
+  )
   p.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
   p.add_argument("--quiet", action="store_true", help="no progress bars or skip reports")
 
@@ -120,14 +144,23 @@ def add_parser(subparsers) -> None:
   _common(p)
   p.set_defaults(func=_videos)
 
-  p = sub.add_parser("synthetic", help="write a tiny random dataset (tests, smoke runs)")
-  p.add_argument("out", help="output dataset folder")
-  p.add_argument("--clips", type=int, default=4)
-  p.add_argument("--pairs", type=int, default=3)
-  p.add_argument("--pool", type=int, default=4)
-  p.add_argument("--height", type=int, default=96)
-  p.add_argument("--width", type=int, default=128)
-  p.add_argument("--frames", type=int, default=40)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--overwrite", action="store_true")
+  p = sub.add_parser(
+    "synthetic",
+    help="write a tiny random dataset (tests, smoke runs)",
+    description="Writes a small dataset of random clips, image pairs and a pose pool in the "
+    "training layout (records.py), for smoke runs and tests.",
+  )
+  p.add_argument("out", help="output dataset folder (must not exist, unless --overwrite)")
+  p.add_argument("--clips", type=_int_at_least(0), default=4, help="video clips (default 4)")
+  p.add_argument("--pairs", type=_int_at_least(0), default=3, help="image pairs (default 3)")
+  p.add_argument("--pool", type=_int_at_least(0), default=4, help="pose-pool entries (default 4)")
+  p.add_argument(
+    "--height", type=_int_at_least(16, 16), default=96, help="frame height, a multiple of 16"
+  )
+  p.add_argument(
+    "--width", type=_int_at_least(16, 16), default=128, help="frame width, a multiple of 16"
+  )
+  p.add_argument("--frames", type=_int_at_least(1), default=40, help="frames per clip (default 40)")
+  p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+  p.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
   p.set_defaults(func=_synthetic)

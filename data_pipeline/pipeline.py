@@ -73,10 +73,33 @@ class EpochPlanner:
     self._cache = OrderedDict()
     self._sizes = []  # batches in epochs 0, 1, ...
     if self.num_batches(0) == 0:
-      raise ValueError(
-        f"epoch 0 has no complete global batch of {cfg.global_batch}: too few samples per bucket "
-        f"({self.n_clips} clips, {self.n_pairs} pairs); lower global_batch or add data"
+      raise ValueError(self._no_batch_message())
+
+  def _no_batch_message(self) -> str:
+    """Why epoch 0 has no batch, naming the setting to change (usually the bucket scale)."""
+    cfg = self.cfg
+    side = min(int(r) for r in buckets.bucket_config(cfg.buckets)) * float(cfg.bucket_scale)
+    need = buckets.ELIGIBLE_FRACTION * side * side
+    areas = [
+      np.asarray(m["height"], np.float64) * np.asarray(m["width"], np.float64)
+      for m in (self.clips, self.pairs)
+      if m
+    ]
+    area = np.concatenate(areas) if areas else np.zeros(0)
+    small = int((area < need).sum())
+    hint = ""
+    if small:
+      typical = float(np.sqrt(np.median(area)))
+      hint = (
+        f"; {small} of them are smaller than the smallest bucket ({side:.0f} px at "
+        f"data.bucket_scale={cfg.bucket_scale}): lower --config.data.bucket_scale (about "
+        f"{typical / (side / float(cfg.bucket_scale)):.3g} fits their median size {typical:.0f} px)"
       )
+    return (
+      f"epoch 0 has no complete global batch of {cfg.global_batch}: too few samples per bucket "
+      f"({self.n_clips} clips, {self.n_pairs} pairs{hint}); otherwise lower "
+      "--config.data.global_batch or add data"
+    )
 
   def __getstate__(self):
     state = dict(self.__dict__)

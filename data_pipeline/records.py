@@ -190,6 +190,7 @@ class DatasetWriter:
 
     self._writer_cls = ArrayRecordWriter
     self.dir = pathlib.Path(out_dir)
+    self._created = not self.dir.exists()
     self.dir.mkdir(parents=True, exist_ok=True)
     existing = sorted(self.dir.glob("*.array_record")) + sorted(self.dir.glob("dataset_info.json"))
     if existing and not overwrite:
@@ -228,6 +229,18 @@ class DatasetWriter:
     for f, v in meta.items():
       self._meta[kind][f].append(v)
     self.counts[kind] += 1
+
+  def abort(self) -> None:
+    """Drops everything written so far (and the folder, if this writer created it)."""
+    for writer, _, _ in self._open.values():
+      writer.close()
+    self._open = {}
+    for tmps in self._tmp_shards.values():
+      for tmp in tmps:
+        tmp.unlink(missing_ok=True)
+    self._tmp_shards = {k: [] for k in KINDS}
+    if self._created and self.dir.is_dir() and not any(self.dir.iterdir()):
+      self.dir.rmdir()
 
   def close(self, summary: dict | None = None) -> dict:
     for writer, _, _ in self._open.values():
@@ -282,8 +295,15 @@ class RecordSource:
         f"{self.dir} is not a training dataset (no dataset_info.json); build one with "
         "`o2a data build`"
       )
-    info = json.loads(info_path.read_text())
-    self.paths = [str(self.dir / n) for n in info["shards"].get(kind, [])]
+    try:
+      info = json.loads(info_path.read_text())
+      shard_names = info["shards"].get(kind, [])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+      raise ValueError(
+        f"{info_path} is not a valid dataset_info.json ({type(e).__name__}: {e}); rebuild the "
+        "dataset with `o2a data build`"
+      ) from None
+    self.paths = [str(self.dir / n) for n in shard_names]
     self.meta = {}
     if self.paths:
       with np.load(self.dir / f"{SHARD_PREFIX[kind]}.meta.npz") as z:

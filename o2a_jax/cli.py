@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return int(args.func(args) or 0)
-  except (ValueError, FileExistsError, FileNotFoundError) as e:
+  except (ValueError, FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError,
+          NotADirectoryError) as e:  # fmt: skip
     # Bad input: one clear line, no traceback. Programming errors still raise.
     print(f"o2a {args.command}: error: {e}", file=sys.stderr)
     return 2

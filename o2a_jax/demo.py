@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from o2a_jax.output_paths import check_output
+
 DEFAULT_INDEX = 15  # held-out clip: a walking full-body puppet driven from a half-body still
 
 
@@ -51,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--model", default=None, help="denoiser folder (default assets/puppet_model)")
   p.add_argument("--vae", default=None, help="VAE folder (default assets/puppet_vae)")
   p.add_argument("--quiet", action="store_true", help="no progress bars")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
   p.set_defaults(func=run)
 
 
@@ -72,7 +75,7 @@ def run(args) -> int:
     raise ValueError(f"--index must be a held-out clip in 0-15, got {args.index}")
   progress = not args.quiet
   out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
+  check_output(out, overwrite=args.overwrite, folder=True)
   t_start = time.perf_counter()
 
   t0 = time.perf_counter()
@@ -117,6 +120,7 @@ def run(args) -> int:
     "side_by_side.mp4": _up(video_io.side_by_side(inputs.poses, video, gt), k),
     "reference.png": _up(image[None], k),
   }
+  out.mkdir(parents=True, exist_ok=True)  # only now: an early error leaves no empty folder
   for name, frames in files.items():
     video_io.write_video(out / name, frames, fps)
   meta = {

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from o2a_jax.inference.prepare import MAX_SHORT, MODES
+from o2a_jax.output_paths import check_output
 
 EPILOG = __doc__
 
@@ -129,6 +130,7 @@ def _add_generation_args(p, *, mode_default: str):
   r.add_argument("--without-face", action="store_true", help="do not draw face landmarks")
   o = p.add_argument_group("output")
   o.add_argument("--out", required=True, help=".mp4, .gif, .png or a folder name")
+  o.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
   o.add_argument("--side-by-side", action="store_true", help="write [pose | result]")
   o.add_argument("--no-progress", action="store_true", help="hide the progress bars")
   _add_estimator_args(p)
@@ -185,6 +187,7 @@ def add_parser(sub) -> None:
   )
   e.add_argument("input", help="image, video, GIF or folder of frames")
   e.add_argument("--out", required=True, help=".json or .npy")
+  e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
   e.add_argument("--kind", default="coco_wholebody", choices=("coco_wholebody", "dwpose"))
   _add_range_args(e)
   _add_estimator_args(e)
@@ -197,6 +200,7 @@ def add_parser(sub) -> None:
   )
   r.add_argument("poses", help="pose file (.json or official .npy)")
   r.add_argument("--out", required=True, help=".mp4, .gif, .png (one frame) or folder")
+  r.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
   r.add_argument("--size", type=_size, default=None, help="HxW (default: the file's size)")
   r.add_argument("--fps", type=float, default=16.0)
   r.add_argument("--face-change", action="store_true")
@@ -270,6 +274,7 @@ def _check_sampling_args(args):
   out = pathlib.Path(args.out)
   if out.suffix.lower() not in (".mp4", ".gif", ".png", ""):
     raise ValueError(f"--out {args.out!r}: use .mp4, .gif, .png or a folder name")
+  check_output(out, overwrite=args.overwrite, folder=out.suffix == "")
 
 
 def _anchor(text: str):
@@ -322,6 +327,7 @@ def _load_models(args, *, progress: bool):
       args.checkpoint, dtype=args.dtype, attn_impl=impl, progress=lambda n: bar.update(n - bar.n)
     )
   vae = load_vae(args.vae, dtype=jnp.dtype(args.vae_dtype))
+  load.check_finite(vae, f"--vae {args.vae!r}")
   if mesh is not None:
     sharded.replicate(vae, mesh)
   return model, vae, mesh, stack
@@ -448,6 +454,7 @@ def run_extract(args) -> int:
   out = pathlib.Path(args.out)
   if out.suffix not in (".json", ".npy"):
     raise ValueError(f"--out {args.out!r}: use .json (o2a-pose) or .npy (official pose dicts)")
+  check_output(out, overwrite=args.overwrite)
   est = _estimator(args, "pose extract")
   stop = None if args.frames is None else args.start + args.frames * args.stride
   frames, _ = read_video(args.input, max_frames=stop)
@@ -475,6 +482,10 @@ def run_render(args) -> int:
   from o2a_jax.inference.prepare import driving_dicts, frame_indices
   from o2a_jax.video_io import write_video
 
+  out = pathlib.Path(args.out)
+  if out.suffix.lower() not in (".mp4", ".gif", ".png", ""):
+    raise ValueError(f"--out {args.out!r}: use .mp4, .gif, .png or a folder name")
+  check_output(out, overwrite=args.overwrite, folder=out.suffix == "")
   poses = read_pose_file(args.poses)
   idx = frame_indices(len(poses), start=args.start, count=args.frames, stride=args.stride)
   poses = poses.select(idx)

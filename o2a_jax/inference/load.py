@@ -42,8 +42,30 @@ def load_denoiser(path, *, dtype: str = "bfloat16", attn_impl: str | None = None
     raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
   overrides = {} if attn_impl is None else {"attn_impl": attn_impl}
   if is_native_checkpoint(path):
-    return load_native(path, dtype=dtype, param_dtype=dtype, **overrides)
-  return load_official(path, dtype=jnp.dtype(dtype), progress=progress, **overrides)
+    model = load_native(path, dtype=dtype, param_dtype=dtype, **overrides)
+  else:
+    model = load_official(path, dtype=jnp.dtype(dtype), progress=progress, **overrides)
+  check_finite(model, f"checkpoint {str(path)!r}")
+  return model
+
+
+def check_finite(module, source: str) -> None:
+  """Raises if any parameter of `module` holds NaN or inf (it would sample black frames)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  state = nnx.state(module, nnx.Param)
+  leaves = jax.tree_util.tree_leaves_with_path(state)
+  flags = jax.jit(lambda xs: jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))(
+    [x for _, x in leaves]
+  )
+  bad = [jax.tree_util.keystr(k) for (k, _), ok in zip(leaves, np.asarray(flags)) if not ok]
+  if bad:
+    raise ValueError(
+      f"{source}: {len(bad)} parameter tensor(s) hold NaN or inf values (first: {bad[0]}); the "
+      "checkpoint is corrupt or was saved from a diverged run"
+    )
 
 
 def _read_embeds_file(path: pathlib.Path, text_dim: int) -> dict[str, np.ndarray]:
@@ -125,7 +147,14 @@ def text_embeddings(args, text_dim: int, *, need_negative: bool) -> tuple[np.nda
 
 
 def read_pose_file(path) -> Poses:
-  """A pose JSON (kind coco_wholebody or dwpose) or an official `.npy` pose file -> Poses."""
+  """A pose JSON (kind coco_wholebody or dwpose) or an official `.npy` pose file -> Poses, with
+  at least one usable body joint."""
+  poses = _read_pose_file(path)
+  poses.check_usable(f"pose file {str(path)!r}")
+  return poses
+
+
+def _read_pose_file(path) -> Poses:
   from o2a_jax import pose as pose_lib
 
   path = pathlib.Path(path)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from o2a_jax import pose as pose_lib
 from o2a_jax.pose.coco import check_kp133, dwpose_from_meta, metas_from_kp133
-from o2a_jax.pose.schema import as_pose
+from o2a_jax.pose.schema import as_pose, present_joints
 
 MODES = ("ref", "pose")
 MULTIPLE = 16  # VAE x8 and patch x2
@@ -62,6 +62,20 @@ class Poses:
 
   def __len__(self) -> int:
     return len(self.kp133) if self.kp133 is not None else len(self.dicts)
+
+  def check_usable(self, name: str) -> None:
+    """Raises unless some frame has a detected body joint (score > 0): poses without any would
+    animate a blank skeleton, silently."""
+    if self.kp133 is not None:
+      usable = bool(np.any(self.kp133[:, :23, 2] > 0))  # body and feet joints
+    else:
+      usable = any(np.any(present_joints(as_pose(d))) for d in self.dicts)
+    if not usable:
+      raise ValueError(
+        f"{name}: none of its {len(self)} frames has a usable body joint (every confidence is 0 "
+        "or every joint is missing), so it would animate a blank pose; check the pose file or "
+        "the pose estimation (was a person detected?)"
+      )
 
   def select(self, index) -> Poses:
     """The frames at `index` (a slice or an index array)."""
@@ -247,6 +261,7 @@ def prepare(
   image = np.asarray(image)
   if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
     raise ValueError(f"reference image must be uint8 (H,W,3), got {image.dtype}{image.shape}")
+  driving.check_usable("driving poses")
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if len(driving) < 1:

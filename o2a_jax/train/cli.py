@@ -77,6 +77,54 @@ def _flag_values(argv: list[str]):
   return fv
 
 
+def _flag_value(flags_: list[str], name: str) -> str | None:
+  """The value of `--name=V` or `--name V` in `flags_` (the last one wins), else None."""
+  value = None
+  for i, a in enumerate(flags_):
+    if a.startswith(f"--{name}="):
+      value = a.split("=", 1)[1]
+    elif a == f"--{name}" and i + 1 < len(flags_):
+      value = flags_[i + 1]
+  return value
+
+
+def check_config_flags(flags_: list[str]) -> None:
+  """Loads `--config` and checks every `--config.a.b=V` key before absl does (which reports a
+  missing file, a bad `get_config` argument or a typo in a key as a long traceback)."""
+  from o2a_jax import config_lib
+
+  spec = _flag_value(flags_, "config")
+  if spec is None:
+    return
+  path, _, arg = spec.partition(":")
+  try:
+    base = config_lib.load_config_file(path, arg or None)
+  except KeyError as e:  # get_config's unknown model / stage
+    raise ValueError(f"--config {spec}: {e.args[0]}") from None
+  for a in flags_:
+    if not a.startswith("--config."):
+      continue
+    key = a[len("--config.") :].split("=", 1)[0]
+    node = base
+    for i, part in enumerate(key.split(".")):
+      if not hasattr(node, "keys") or part not in node:
+        where = ".".join(key.split(".")[:i]) or "the config"
+        known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a group)"
+        raise ValueError(
+          f"--config.{key}: unknown config key {part!r} in {where}; its keys are: {known}"
+        )
+      node = node[part]
+
+
+def check_config_values(config) -> None:
+  """Values that would run silently wrong: caught before anything is built."""
+  if int(config.train.steps) < 0:
+    raise ValueError(f"--config.train.steps={config.train.steps}: must be >= 0")
+  for key in ("ckpt_every", "log_every"):
+    if key in config.train and int(config.train[key]) < 1:
+      raise ValueError(f"--config.train.{key}={config.train[key]}: must be >= 1")
+
+
 def _initialize_distributed(fv) -> None:
   import jax
 
@@ -97,14 +145,17 @@ def run(args) -> int:
     print(__doc__)
     print(fv.get_help())
     return 0
+  check_config_flags(args.flags)
   try:
     fv(argv)
+    config = fv.config
   except flags.Error as e:
     raise ValueError(f"{e} (see o2a train --help)") from None
-  if fv.config is None:
+  if config is None:
     raise ValueError("--config is required, e.g. --config configs/o2a.py:model=tiny")
   if not fv.workdir:
     raise ValueError("--workdir is required")
+  check_config_values(config)
   _initialize_distributed(fv)
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (google/grain#1355)
@@ -117,7 +168,6 @@ def run(args) -> int:
     level=logging.INFO if jax.process_index() == 0 else logging.WARNING,
     format="%(asctime)s %(levelname)s %(name)s: %(message)s",
   )
-  config = fv.config
   print(
     f"o2a train: stage {config.stage}, {jax.process_count()} process(es), "
     f"{jax.device_count()} {jax.devices()[0].platform} device(s), mesh "
