@@ -331,7 +331,7 @@ def section_train_step(dry: bool, out: pathlib.Path, part: str = ""):
   argv = ["--model", "1.3b", "--buckets", "512", "--frames", "29", "--dtype", "bf16",
           "--remat", "full", "--attn", "cudnn", "--warmup", "1", "--steps", "3"]  # fmt: skip
   if dry:
-    argv = ["--model", "tiny", "--buckets", "32", "--frames", "5", "--dtype", "fp32",
+    argv = ["--model", "tiny-small", "--buckets", "32", "--frames", "5", "--dtype", "fp32",
             "--remat", "none", "--attn", "xla", "--warmup", "1", "--steps", "1"]  # fmt: skip
   return _run_script("train_benchmark", argv, out, "train_step")
 

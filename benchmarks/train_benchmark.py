@@ -42,6 +42,8 @@ def bench_bucket(args, size: int) -> dict:
   from o2a_jax.train import metrics, trainer
 
   arg = f"model={args.model},stage=2,remat={args.remat},attn={args.attn}"
+  if args.model == "tiny-small":  # the loop tests' model: width 64, 2 blocks, small VAE
+    arg = arg.replace("model=tiny-small", "model=tiny,small")
   if args.dtype == "bf16":
     arg += ",bf16"
   c = get_config(arg)
@@ -110,7 +112,7 @@ def bench_bucket(args, size: int) -> dict:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--model", default="1.3b", choices=("tiny", "1.3b", "14b"))
+  p.add_argument("--model", default="1.3b", choices=("tiny", "tiny-small", "1.3b", "14b"))
   p.add_argument("--buckets", default="512,768", help="square bucket sizes in pixels")
   p.add_argument("--frames", type=int, default=29)
   p.add_argument("--batch", type=int, default=0, help="global batch (default: one per device)")

@@ -13,7 +13,7 @@ Corrupt records (undecodable bytes, images, poses; clips too short for their buc
 the slot is filled by the next record of the same bucket group in the epoch plan (deterministic),
 and the skip is counted. `TrainIterator.metrics()` reports the counts; once at least
 `ceil(1/max_skipped_fraction)` records were read (at most 1000), a skipped fraction above
-`max_skipped_fraction` raises `RuntimeError`.
+`max_skipped_fraction` raises `CorruptDataError` (a ValueError: `o2a train` reports it in one line).
 
 Checkpointing the iterator with Orbax (the state holds Grain's state plus the skip counters):
 
@@ -30,6 +30,7 @@ one: Grain restores into a different worker count silently wrongly (jax_stack.md
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pathlib
 from collections import OrderedDict
@@ -39,8 +40,10 @@ import numpy as np
 
 from data_pipeline import buckets
 from data_pipeline.batch import FIELDS
-from data_pipeline.records import CorruptRecordError, RecordSource
+from data_pipeline.records import CorruptDataError, CorruptRecordError, RecordSource
 from data_pipeline.sample import pair_sample, video_sample
+
+log = logging.getLogger(__name__)
 
 _MAX_REPLACEMENTS = 16
 _EPOCH_CACHE = 3
@@ -55,6 +58,9 @@ def _check_config(cfg) -> None:
   if not 0.0 <= cfg.image_ratio < 1.0:
     raise ValueError(f"config.data.image_ratio must be in [0, 1), got {cfg.image_ratio}")
   buckets.bucket_config(cfg.buckets)
+
+
+_MAX_SKIP_REPORTS = 20  # per loader (and worker process): the first skips are logged
 
 
 class EpochPlanner:
@@ -244,6 +250,14 @@ class SampleLoader:
     rec = self.pairs.read(idx)
     return pair_sample(rec, rng, self.cfg, h, w, pool=pool)
 
+  def _report_skip(self, message: str) -> None:
+    n = self.__dict__.get("_skip_reports", 0) + 1
+    self._skip_reports = n
+    if n <= _MAX_SKIP_REPORTS:
+      log.warning("%s", message)
+    elif n == _MAX_SKIP_REPORTS + 1:
+      log.warning("more corrupt records skipped; the data/skipped_records metric counts them all")
+
   def global_sample(self, step: int, row: int):
     """(sample, info, skipped) of row `row` of global batch `step`."""
     kind, idx, key, members, pos = self.planner.slot(step, row)
@@ -258,8 +272,9 @@ class SampleLoader:
       except CorruptRecordError as e:
         skipped += 1
         last = e
+        self._report_skip(f"batch {step} row {row}: skipped a corrupt record ({e})")
         kind, idx = (int(v) for v in members[(pos + attempt + 1) % len(members)])
-    raise RuntimeError(
+    raise CorruptDataError(
       f"{skipped} consecutive corrupt records while filling batch {step} row {row} (bucket "
       f"{key}); last error: {last}. Check the dataset with `o2a data build` output."
     )
@@ -292,10 +307,11 @@ class TrainIterator(grain.DatasetIterator):
     self.steps += 1
     reads = self.samples + self.skipped
     if reads >= self._min_reads and self.skipped > self._max_frac * reads:
-      raise RuntimeError(
+      raise CorruptDataError(
         f"data pipeline: {self.skipped} of {reads} records read were corrupt or unusable "
         f"({self.skipped / reads:.1%}), above config.data.max_skipped_fraction = "
-        f"{self._max_frac}; rebuild or clean the dataset (or raise the ceiling)"
+        f"{self._max_frac}; the first ones are named in the log above; rebuild or clean the "
+        "dataset (or raise the ceiling)"
       )
     return {k: batch[k] for k in FIELDS}
 

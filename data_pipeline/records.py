@@ -58,7 +58,12 @@ _WRITER_OPTIONS = "group_size:1"
 
 
 class CorruptRecordError(ValueError):
-  """A record that cannot be decoded (bad bytes, bad image, malformed pose)."""
+  """A record that cannot be decoded (bad bytes, bad image, malformed pose) or read (a damaged
+  or truncated shard); the pipeline skips and counts it."""
+
+
+class CorruptDataError(ValueError):
+  """Too many corrupt records: the pipeline stops (`config.data.max_skipped_fraction`)."""
 
 
 # --------------------------------------------------------------------------- serialisation
@@ -208,6 +213,7 @@ class DatasetWriter:
     self.records_per_shard = records_per_shard
     self._open = {}  # kind -> (writer, tmp path, count in shard)
     self._tmp_shards = {k: [] for k in KINDS}
+    self._shard_counts = {k: [] for k in KINDS}
     self._meta = {k: {f: [] for f in META_FIELDS[k]} for k in KINDS}
     self.counts = dict.fromkeys(KINDS, 0)
 
@@ -223,9 +229,11 @@ class DatasetWriter:
       tmp = self.dir / f".tmp-{SHARD_PREFIX[kind]}-{len(self._tmp_shards[kind]):05d}"
       writer = self._writer_cls(str(tmp), _WRITER_OPTIONS)
       self._tmp_shards[kind].append(tmp)
+      self._shard_counts[kind].append(0)
       n = 0
     writer.write(data)
     self._open[kind] = (writer, tmp, n + 1)
+    self._shard_counts[kind][-1] += 1
     for f, v in meta.items():
       self._meta[kind][f].append(v)
     self.counts[kind] += 1
@@ -271,6 +279,7 @@ class DatasetWriter:
       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
       "counts": self.counts,
       "shards": shards,
+      "shard_counts": self._shard_counts,
       "summary": summary or {},
     }
     write_bytes_atomic(self.dir / "dataset_info.json", (json.dumps(info, indent=1) + "\n").encode())
@@ -278,6 +287,11 @@ class DatasetWriter:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def _first_line(e: BaseException) -> str:
+  text = next((line for line in str(e).splitlines() if line.strip()), "")
+  return f"{type(e).__name__}: {text[:300]}"
 
 
 class RecordSource:
@@ -304,6 +318,8 @@ class RecordSource:
         "dataset with `o2a data build`"
       ) from None
     self.paths = [str(self.dir / n) for n in shard_names]
+    counts = (info.get("shard_counts") or {}).get(kind)  # absent in datasets built before it
+    self.shard_counts = list(counts) if counts and len(counts) == len(self.paths) else None
     self.meta = {}
     if self.paths:
       with np.load(self.dir / f"{SHARD_PREFIX[kind]}.meta.npz") as z:
@@ -322,12 +338,52 @@ class RecordSource:
     state["_source"] = None  # file handles are re-opened in each worker
     return state
 
-  def raw(self, index: int) -> bytes:
-    if self._source is None:
-      import grain
+  def _open_shards(self) -> list:
+    """Per shard: [start, count, source or None, error]; a shard that cannot be opened (e.g.
+    truncated) stays in the table so that its records are skipped, not the whole dataset."""
+    import grain
 
-      self._source = grain.sources.ArrayRecordDataSource(self.paths)
-    return self._source[int(index)]
+    opened = []
+    for path in self.paths:
+      try:
+        src = grain.sources.ArrayRecordDataSource([path])
+        opened.append([src, len(src), None])
+      except Exception as e:  # the reader's own errors name no file
+        opened.append([None, None, _first_line(e)])
+    counts = self.shard_counts
+    if counts is None:  # older datasets: infer the unreadable shards' counts
+      known = [n for _, n, _ in opened if n is not None]
+      missing = [i for i, (_, n, _) in enumerate(opened) if n is None]
+      left = len(self) - sum(known)
+      per = max(known) if known else -(-len(self) // max(len(self.paths), 1))
+      counts = [n for _, n, _ in opened]
+      for j, i in enumerate(missing):
+        counts[i] = left if j == len(missing) - 1 else min(per, left)
+        left -= counts[i]
+    table, start = [], 0
+    for (src, _, err), n in zip(opened, counts, strict=True):
+      table.append([start, int(n), src, err])
+      start += int(n)
+    return table
+
+  def raw(self, index: int) -> bytes:
+    import bisect
+
+    if self._source is None:
+      self._source = self._open_shards()
+    index = int(index)
+    starts = [row[0] for row in self._source]
+    i = max(bisect.bisect_right(starts, index) - 1, 0)
+    start, _, src, err = self._source[i]
+    name = pathlib.Path(self.paths[i]).name
+    if src is None:
+      raise CorruptRecordError(f"shard {name} cannot be opened ({err}); record {index} skipped")
+    try:
+      return src[index - start]
+    except Exception as e:
+      raise CorruptRecordError(
+        f"record {index - start} of shard {name} cannot be read ({_first_line(e)})"
+      ) from None
 
   def read(self, index: int) -> dict:
     rec = deserialize(self.raw(index))

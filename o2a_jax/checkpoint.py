@@ -83,9 +83,21 @@ def read_config(path: str | os.PathLike, **overrides) -> DenoiserConfig:
   if not (path / "config").exists() or not (path / "params").exists():
     raise ValueError(f"{path} is not a native o2a_jax checkpoint (no params/ and config/)")
   ckpt = _checkpointer()
-  cfg = ckpt.restore(path, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  ckpt.close()
-  return DenoiserConfig(**{**cfg, **overrides})
+  try:
+    cfg = ckpt.restore(path, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    return DenoiserConfig(**{**cfg, **overrides})
+  except Exception as e:
+    raise _unreadable(path, "config", e) from None
+  finally:
+    ckpt.close()
+
+
+def _unreadable(path: pathlib.Path, part: str, e: BaseException) -> ValueError:
+  first = next((line for line in str(e).splitlines() if line.strip()), "")
+  return ValueError(
+    f"native checkpoint {str(path)!r}: its {part} cannot be read ({type(e).__name__}: "
+    f"{first[:300]}); the checkpoint is damaged or incomplete: re-run `o2a convert import`"
+  )
 
 
 def load_native(path: str | os.PathLike, **overrides) -> Denoiser:
@@ -116,8 +128,13 @@ def load_native(path: str | os.PathLike, **overrides) -> Denoiser:
       lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev), nnx.to_pure_dict(state)
     )
   ckpt = _checkpointer()
-  restored = ckpt.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-  ckpt.close()
+  try:
+    args = ocp.args.Composite(params=ocp.args.StandardRestore(target))
+    restored = ckpt.restore(path, args=args)
+  except Exception as e:
+    raise _unreadable(path, "parameters", e) from None
+  finally:
+    ckpt.close()
   nnx.replace_by_pure_dict(state, restored["params"])
   return nnx.merge(graphdef, state)
 

@@ -173,6 +173,12 @@ def test_native_checkpoint_restores_onto_another_mesh(tiny, reference, tmp_path)
     checkpoint.save_native(model, tmp_path / "resaved")
   with pytest.raises(ValueError, match="not a native"):
     checkpoint.load_native(tmp_path)
+  # Damaged parameter files: one line naming the checkpoint and what to do.
+  for f in (tmp_path / "resaved" / "params").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b"\0damaged")
+  with pytest.raises(ValueError, match=r"native checkpoint .*resaved.*parameters cannot be read"):
+    checkpoint.load_native(tmp_path / "resaved")
 
 
 def test_cli_import_export_round_trip(tiny, reference, tmp_path, capsys):

@@ -18,7 +18,13 @@ from data_pipeline import (
 )
 from data_pipeline.batch import check_batch, latent_frames
 from data_pipeline.pipeline import EpochPlanner, SampleLoader
-from data_pipeline.records import CorruptRecordError, RecordSource, deserialize, serialize
+from data_pipeline.records import (
+  CorruptDataError,
+  CorruptRecordError,
+  RecordSource,
+  deserialize,
+  serialize,
+)
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +217,54 @@ def test_corrupt_records_skipped_counted_and_ceiling(corrupt_dataset):
   strict = train_iterator(
     _cfg(corrupt_dataset, global_batch=1, max_skipped_fraction=0.0, image_ratio=0.0)
   )
-  with pytest.raises(RuntimeError, match="max_skipped_fraction"):
+  with pytest.raises(CorruptDataError, match="max_skipped_fraction"):
     _take(strict, 8)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_damaged_shard_skipped_and_named(tmp_path, damage, caplog):
+  """A truncated or overwritten shard: its records are skipped and counted, the log names the
+  shard, the other shards still feed the run; above the ceiling the run stops with a clear error."""
+  d = tmp_path / "data"
+  synthetic.write_dataset(d, clips=8, pairs=0, pool=0, frames=24)  # 2 clips per shard
+  info = json.loads((d / "dataset_info.json").read_text())
+  assert info["shard_counts"]["clip"] == [2, 2, 2, 2]
+  shard = d / info["shards"]["clip"][1]
+  data = shard.read_bytes()
+  if damage == "truncate":
+    shard.write_bytes(data[: len(data) // 3])
+  else:
+    shard.write_bytes(data[:16] + b"\xff" * (len(data) - 16))
+  src = RecordSource(d, "clip")
+  for i in (0, 1, 4, 5, 6, 7):
+    assert src.read(i)["kind"] == "clip"
+  with pytest.raises(CorruptRecordError, match=shard.name):
+    src.read(2)
+  with caplog.at_level("WARNING", logger="data_pipeline.pipeline"):
+    it = train_iterator(_cfg(d, global_batch=1, max_skipped_fraction=0.9, image_ratio=0.0))
+    for b in _take(it, 8):
+      check_batch(b)
+  assert it.metrics()["data/skipped_records"] > 0
+  assert shard.name in caplog.text
+  strict = train_iterator(_cfg(d, global_batch=1, max_skipped_fraction=0.0, image_ratio=0.0))
+  with pytest.raises(CorruptDataError, match="named in the log above"):
+    _take(strict, 8)
+
+
+def test_damaged_shard_of_an_older_dataset(tmp_path):
+  """Datasets built before shard_counts: the unreadable shard's range is inferred."""
+  d = tmp_path / "data"
+  synthetic.write_dataset(d, clips=5, pairs=0, pool=0, frames=24)  # shards of 2, 2, 1
+  info = json.loads((d / "dataset_info.json").read_text())
+  del info["shard_counts"]
+  (d / "dataset_info.json").write_text(json.dumps(info))
+  shard = d / info["shards"]["clip"][0]
+  shard.write_bytes(b"")
+  src = RecordSource(d, "clip")
+  for i in (0, 1):
+    with pytest.raises(CorruptRecordError, match=shard.name):
+      src.read(i)
+  assert [src.read(i)["kind"] for i in (2, 3, 4)] == ["clip"] * 3
 
 
 def test_config_errors(dataset):

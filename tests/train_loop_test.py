@@ -8,6 +8,7 @@ compilation cache in the module's temporary folder.
 """
 
 import importlib.util
+import json
 import os
 import pathlib
 import shutil
@@ -498,3 +499,48 @@ def test_sample_video_written(built, reference, tmp_path):
 
   frames = video_io.read_video(tmp_path / "step_0000006.mp4")[0]
   assert frames.shape == (5, 32, 32, 3)
+
+
+def test_corrupt_latest_checkpoint_falls_back(built, reference, tmp_path):
+  """The newest checkpoint is damaged: resuming restores the one before it, says which step it
+  skipped and why; when every checkpoint is damaged the error names them all."""
+  workdir, _ = reference
+  ckdir = tmp_path / "checkpoints"
+  shutil.copytree(workdir / "checkpoints", ckdir)
+  for f in (ckdir / "6" / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b"\0garbage" * 4)
+  s, _ = built
+  template = jax.tree.map(jnp.zeros_like, s.state)
+  skipped = []
+  ckpts = ckpt_lib.Checkpoints(ckdir)
+  try:
+    step, state = ckpts.restore_latest_good(template, log=skipped.append)
+    want = ckpts.restore(template, step=4)
+  finally:
+    ckpts.close()
+  assert step == 4
+  assert len(skipped) == 1 and "step 6" in skipped[0] and "skipped" in skipped[0], skipped
+  assert_same_params(state, want)
+  for n in (2, 4):
+    for f in (ckdir / str(n) / "state").rglob("*"):
+      if f.is_file() and f.stat().st_size > 0:
+        f.write_bytes(b"\0garbage" * 4)
+  ckpts = ckpt_lib.Checkpoints(ckdir)
+  try:
+    with pytest.raises(
+      ValueError, match=r"no checkpoint .* can be restored: step 6 .*step 4 .*step 2"
+    ):
+      ckpts.restore_latest_good(template)
+  finally:
+    ckpts.close()
+
+
+def test_workdir_of_another_stage_is_refused(tmp_path):
+  c = loop_config()
+  trainer.check_same_run(c, None, tmp_path)  # nothing saved: fine
+  trainer.check_same_run(c, json.loads(c.to_json()), tmp_path)  # the same run: fine
+  saved = json.loads(c.to_json())
+  saved["stage"] = 1
+  with pytest.raises(ValueError, match=r"stage = 1, this config has 2; use another --workdir"):
+    trainer.check_same_run(c, saved, tmp_path)

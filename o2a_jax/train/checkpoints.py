@@ -170,6 +170,41 @@ class Checkpoints:
       _set_iterator_state(data_iterator, receiver.state)
     return jax.tree.unflatten(treedef, out)
 
+  def saved_config(self, step: int) -> dict | None:
+    """The config saved with `step` (None where it was saved without one or is unreadable)."""
+    try:
+      restored = self._manager.restore(
+        int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore())
+      )
+      return dict(restored["config"])
+    except Exception:  # an unreadable config is reported by restore_latest_good
+      return None
+
+  def restore_latest_good(self, template, data_iterator=None, *, log=None):
+    """Restores the newest checkpoint that reads back, skipping (and reporting) corrupt ones.
+
+    Returns (step, state), or (None, template) when there is no checkpoint. Raises ValueError
+    naming every step when none of them can be restored.
+    """
+    failures = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return step, self.restore(template, data_iterator, step=step)
+      except (KeyboardInterrupt, SystemExit):
+        raise
+      except Exception as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        reason = f"{type(e).__name__}: {first[:300]}"
+        failures.append(f"step {step} ({reason})")
+        if log is not None:
+          log(f"checkpoint step {step} in {self.directory} is unreadable, skipped: {reason}")
+    if failures:
+      raise ValueError(
+        f"no checkpoint in {self.directory} can be restored: {'; '.join(failures)}; move the "
+        "folder away to start afresh"
+      )
+    return None, template
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

@@ -383,6 +383,22 @@ class _Preemption:
 # --- the loop ---------------------------------------------------------------------------------
 
 
+def check_same_run(config: mlc.ConfigDict, saved: dict | None, workdir) -> None:
+  """Refuses to resume a workdir whose checkpoints belong to another stage or model."""
+  if not saved:
+    return
+  for key, now, then in (
+    ("stage", config.stage, saved.get("stage")),
+    ("model.num_layers", config.model.num_layers, saved.get("model", {}).get("num_layers")),
+    ("model.num_heads", config.model.num_heads, saved.get("model", {}).get("num_heads")),
+  ):
+    if then is not None and then != now:
+      raise ValueError(
+        f"--workdir {str(workdir)!r} holds checkpoints of a run with {key} = {then}, this config "
+        f"has {now}; use another --workdir (or move its checkpoints/ away)"
+      )
+
+
 def _denoiser_cfg(config):
   return config_lib.denoiser_config(config.model)
 
@@ -423,10 +439,12 @@ def train(
     workdir / "checkpoints", keep=tcfg.keep_checkpoints, async_save=tcfg.async_checkpoint
   )
   writer = metrics_lib.Writer(workdir / "tb", enabled=primary)
-  start = ckpts.latest_step()
+  latest = ckpts.latest_step()
+  if latest is not None:
+    check_same_run(config, ckpts.saved_config(latest), workdir)
+  t0 = time.perf_counter()
+  start, state = ckpts.restore_latest_good(state, data, log=log.warning)
   if start is not None:
-    t0 = time.perf_counter()
-    state = ckpts.restore(state, data, step=start)
     log.info("restored step %d from %s in %.1f s", start, ckpts.directory, time.perf_counter() - t0)
   start = start or 0
   if primary and start == 0:
