@@ -9,21 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _int_at_least(low: int, multiple: int = 1):
-  """An argparse type: an integer >= low (and a multiple of `multiple`)."""
-
-  def parse(text: str) -> int:
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < low or value % multiple:
-      extra = f" and a multiple of {multiple}" if multiple > 1 else ""
-      raise argparse.ArgumentTypeError(f"must be >= {low}{extra}, got {value}")
-    return value
-
-  return parse
+from o2a_jax.cli_types import int_at_least
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,19 +21,19 @@ def _common(p: argparse.ArgumentParser) -> None:
   )
   p.add_argument(
     "--max-frames",
-    type=_int_at_least(0),
+    type=int_at_least(0),
     default=0,
     help="read at most this many frames per video (0 = all)",
   )
   p.add_argument(
     "--max-short-side",
-    type=_int_at_least(0),
+    type=int_at_least(0),
     default=0,
     help="downscale frames whose short side exceeds this (0 = keep)",
   )
   p.add_argument(
     "--records-per-shard",
-    type=_int_at_least(1),
+    type=int_at_least(1),
     default=64,
     help="records per ArrayRecord shard file (default 64)",
   )
@@ -151,16 +137,16 @@ def add_parser(subparsers) -> None:
     "training layout (records.py), for smoke runs and tests.",
   )
   p.add_argument("out", help="output dataset folder (must not exist, unless --overwrite)")
-  p.add_argument("--clips", type=_int_at_least(0), default=4, help="video clips (default 4)")
-  p.add_argument("--pairs", type=_int_at_least(0), default=3, help="image pairs (default 3)")
-  p.add_argument("--pool", type=_int_at_least(0), default=4, help="pose-pool entries (default 4)")
+  p.add_argument("--clips", type=int_at_least(0), default=4, help="video clips (default 4)")
+  p.add_argument("--pairs", type=int_at_least(0), default=3, help="image pairs (default 3)")
+  p.add_argument("--pool", type=int_at_least(0), default=4, help="pose-pool entries (default 4)")
   p.add_argument(
-    "--height", type=_int_at_least(16, 16), default=96, help="frame height, a multiple of 16"
+    "--height", type=int_at_least(16, 16), default=96, help="frame height, a multiple of 16"
   )
   p.add_argument(
-    "--width", type=_int_at_least(16, 16), default=128, help="frame width, a multiple of 16"
+    "--width", type=int_at_least(16, 16), default=128, help="frame width, a multiple of 16"
   )
-  p.add_argument("--frames", type=_int_at_least(1), default=40, help="frames per clip (default 40)")
+  p.add_argument("--frames", type=int_at_least(1), default=40, help="frames per clip (default 40)")
   p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
   p.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
   p.set_defaults(func=_synthetic)

@@ -186,3 +186,38 @@ def test_nan_weights_are_refused():
   m = Tiny()
   m.b[...] = jnp.zeros(2)
   check_finite(m, "ckpt")
+
+
+# --- --help: every option explained, one spelling per flag ----------------------------------
+
+
+def test_every_option_has_help():
+  import argparse
+
+  from o2a_jax.cli import build_parser
+
+  missing = []
+
+  def walk(parser, name):
+    for action in parser._actions:
+      if isinstance(action, argparse._SubParsersAction):
+        for sub, sp in action.choices.items():
+          walk(sp, f"{name} {sub}")
+      elif action.help is None and action.dest != "help":
+        missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+
+  walk(build_parser(), "o2a")
+  assert not missing, f"options without --help text: {missing}"
+
+
+def test_help_is_plain_text_and_dtype_spellings_agree(capsys):
+  from o2a_jax.cli_types import dtype_name
+
+  with pytest.raises(SystemExit):
+    main(["animate", "--help"])
+  assert "```" not in capsys.readouterr().out
+  assert {dtype_name(s) for s in ("bf16", "bfloat16", "BF16")} == {"bfloat16"}
+  assert {dtype_name(s) for s in ("fp32", "float32")} == {"float32"}
+  with pytest.raises(SystemExit):
+    main(["animate", "--dtype", "fp16", "--ref", "x", "--checkpoint", "x", "--vae", "x"])
+  assert "unknown dtype 'fp16'" in capsys.readouterr().err

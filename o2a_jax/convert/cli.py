@@ -7,7 +7,9 @@ import time
 
 from tqdm import tqdm
 
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "float32": "float32", "bfloat16": "bfloat16"}
+from o2a_jax.cli_types import DTYPE_NAMES, positive_float
+
+_DTYPES = DTYPE_NAMES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   )
   exp.add_argument(
     "--max-shard-gb",
-    type=float,
+    type=positive_float,
     default=5.0,
     help="maximum shard size in GiB (default 5, as the official export)",
   )

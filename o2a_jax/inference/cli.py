@@ -20,18 +20,29 @@ import time
 
 import numpy as np
 
+from o2a_jax.cli_types import dtype_name
 from o2a_jax.inference.prepare import MAX_SHORT, MODES
 from o2a_jax.output_paths import check_output
 
-EPILOG = __doc__
+EPILOG = __doc__.replace("```\n", "")  # the module docstring, without its Markdown fences
 
 
 def _add_estimator_args(p):
   g = p.add_argument_group("pose estimation (local ONNX files; nothing is downloaded)")
   g.add_argument("--det-model", help="person detector .onnx (YOLOX of DWPose, or YOLOv10/v8)")
   g.add_argument("--pose-model", help="whole-body pose .onnx (DWPose SimCC, or ViTPose heat maps)")
-  g.add_argument("--det-kind", default="auto", choices=("auto", "yolox", "yolo"))
-  g.add_argument("--pose-kind", default="auto", choices=("auto", "simcc", "heatmap"))
+  g.add_argument(
+    "--det-kind",
+    default="auto",
+    choices=("auto", "yolox", "yolo"),
+    help="detector family of --det-model (auto: from the ONNX file)",
+  )
+  g.add_argument(
+    "--pose-kind",
+    default="auto",
+    choices=("auto", "simcc", "heatmap"),
+    help="output head of --pose-model: DWPose SimCC or ViTPose heatmaps (auto: from the file)",
+  )
   g.add_argument(
     "--person",
     type=int,
@@ -66,10 +77,12 @@ def _add_generation_args(p, *, mode_default: str):
   g.add_argument(
     "--dtype",
     default="bfloat16",
-    choices=("bfloat16", "float32"),
-    help="denoiser dtype (default bfloat16, as officially)",
+    type=dtype_name,
+    help="denoiser dtype: bf16|bfloat16 (default, as officially) or fp32|float32",
   )
-  g.add_argument("--vae-dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  g.add_argument(
+    "--vae-dtype", default="bfloat16", type=dtype_name, help="VAE dtype (default bf16)"
+  )
   g.add_argument("--attn-impl", default=None, help="attention implementation (default: config)")
   g.add_argument(
     "--mesh",
@@ -77,16 +90,27 @@ def _add_generation_args(p, *, mode_default: str):
     help="shard over devices: data,fsdp,context,tensor "
     "sizes, e.g. 1,1,4,2 (parameters over tensor/fsdp, tokens over context)",
   )
-  g.add_argument("--context-parallel", default="allgather", choices=("allgather", "ulysses"))
+  g.add_argument(
+    "--context-parallel",
+    default="allgather",
+    choices=("allgather", "ulysses"),
+    help="how attention sees tokens split over the mesh's context axis (default allgather)",
+  )
   t = p.add_argument_group("text (one of these is required)")
   t.add_argument("--text-encoder", help="UMT5 text_encoder/ folder (JAX encoder)")
   t.add_argument("--tokenizer", help="tokenizer/ folder (with --text-encoder)")
   t.add_argument("--text-cache", help="embedding cache folder for --text-encoder")
-  t.add_argument("--text-dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  t.add_argument(
+    "--text-dtype", default="bfloat16", type=dtype_name, help="UMT5 dtype (default bf16)"
+  )
   t.add_argument("--prompt", default="", help="prompt (default empty, as officially)")
   from o2a_jax.text.embed import DEFAULT_NEGATIVE_PROMPT
 
-  t.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
+  t.add_argument(
+    "--negative-prompt",
+    default=DEFAULT_NEGATIVE_PROMPT,
+    help="negative prompt with --text-encoder (default: the official one)",
+  )
   t.add_argument("--text-embeds", help="prompt embeddings: .npz or `o2a text embed` .safetensors")
   t.add_argument("--negative-text-embeds", help="negative-prompt embeddings file")
   t.add_argument("--empty-text-embeds", choices=("zeros",), help="all-zero text (puppets/tests)")
@@ -188,10 +212,15 @@ def add_parser(sub) -> None:
   e.add_argument("input", help="image, video, GIF or folder of frames")
   e.add_argument("--out", required=True, help=".json or .npy")
   e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-  e.add_argument("--kind", default="coco_wholebody", choices=("coco_wholebody", "dwpose"))
+  e.add_argument(
+    "--kind",
+    default="coco_wholebody",
+    choices=("coco_wholebody", "dwpose"),
+    help="JSON content: keypoints in pixels (default) or DWPose-style dicts",
+  )
   _add_range_args(e)
   _add_estimator_args(e)
-  e.add_argument("--no-progress", action="store_true")
+  e.add_argument("--no-progress", action="store_true", help="hide the progress bars")
   e.set_defaults(func=run_extract)
   r = ps.add_parser(
     "render",
@@ -202,12 +231,14 @@ def add_parser(sub) -> None:
   r.add_argument("--out", required=True, help=".mp4, .gif, .png (one frame) or folder")
   r.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
   r.add_argument("--size", type=_size, default=None, help="HxW (default: the file's size)")
-  r.add_argument("--fps", type=float, default=16.0)
-  r.add_argument("--face-change", action="store_true")
-  r.add_argument("--head-change", action="store_true")
-  r.add_argument("--without-face", action="store_true")
+  r.add_argument("--fps", type=float, default=16.0, help="frame rate of the video (default 16)")
+  r.add_argument(
+    "--face-change", action="store_true", help="dim the face landmarks, as for driving poses"
+  )
+  r.add_argument("--head-change", action="store_true", help="dim the head joints")
+  r.add_argument("--without-face", action="store_true", help="do not draw face landmarks")
   _add_range_args(r)
-  r.add_argument("--no-progress", action="store_true")
+  r.add_argument("--no-progress", action="store_true", help="hide the progress bars")
   r.set_defaults(func=run_render)
 
 
