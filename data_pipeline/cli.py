@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from o2a_jax.cli_types import int_at_least
+from o2a_jax.output_paths import check_writable
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -42,6 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _official(args) -> int:
+  check_writable(args.out, flag="OUT", folder=True)
   from data_pipeline.build import build_official
 
   build_official(
@@ -60,6 +62,7 @@ def _official(args) -> int:
 
 
 def _videos(args) -> int:
+  check_writable(args.out, flag="OUT", folder=True)
   from data_pipeline.build import build_videos
 
   build_videos(
@@ -79,6 +82,7 @@ def _videos(args) -> int:
 
 
 def _synthetic(args) -> int:
+  check_writable(args.out, flag="OUT", folder=True)
   from data_pipeline import synthetic
 
   info = synthetic.write_dataset(

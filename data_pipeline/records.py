@@ -43,6 +43,8 @@ import cv2
 import msgpack
 import numpy as np
 
+from o2a_jax.output_paths import publish_mode
+
 KINDS = ("clip", "pair", "pool")
 SHARD_PREFIX = {"clip": "clips", "pair": "pairs", "pool": "pool"}
 META_FIELDS = {
@@ -175,6 +177,7 @@ def write_bytes_atomic(path: pathlib.Path, data: bytes) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
+    publish_mode(tmp)
     os.replace(tmp, path)
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)

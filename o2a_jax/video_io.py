@@ -16,6 +16,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from o2a_jax.output_paths import publish_mode
+
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 WRITE_SUFFIXES = (".mp4", ".gif", ".png", "")  # "" = a folder of PNG frames
@@ -152,6 +154,7 @@ def write_video(
         Image.fromarray(f).save(tmp / f"{i:05d}.png")
       if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+      publish_mode(tmp)
       os.replace(tmp, path)
     except BaseException:
       shutil.rmtree(tmp, ignore_errors=True)
@@ -173,6 +176,7 @@ def write_video(
       )
     else:
       _write_mp4(tmp, frames, fps, quality, chroma)
+    publish_mode(tmp)
     os.replace(tmp, path)
   except BaseException:
     tmp.unlink(missing_ok=True)

@@ -221,3 +221,48 @@ def test_help_is_plain_text_and_dtype_spellings_agree(capsys):
   with pytest.raises(SystemExit):
     main(["animate", "--dtype", "fp16", "--ref", "x", "--checkpoint", "x", "--vae", "x"])
   assert "unknown dtype 'fp16'" in capsys.readouterr().err
+
+
+def test_outputs_get_the_umask_mode_not_0600(tmp_path):
+  """Atomic writes go through mkstemp/mkdtemp (0600/0700); the published file must have the
+  mode a plain write would (0644 / 0755 under umask 022)."""
+  from data_pipeline.records import write_bytes_atomic
+  from o2a_jax.convert.safetensors_io import atomic_path
+  from o2a_jax.video_io import write_video
+
+  old = os.umask(0o022)
+  try:
+    frames = np.zeros((2, 16, 16, 3), np.uint8)
+    write_video(tmp_path / "a.gif", frames)
+    write_video(tmp_path / "frames", frames)
+    write_bytes_atomic(tmp_path / "b.bin", b"x")
+    with atomic_path(tmp_path / "c.json") as tmp:
+      tmp.write_text("{}")
+  finally:
+    os.umask(old)
+  for name, mode in (("a.gif", 0o644), ("frames", 0o755), ("b.bin", 0o644), ("c.json", 0o644)):
+    assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+@pytest.mark.parametrize(
+  "argv",
+  [
+    ["convert", "import", "SRC", "{ro}/native"],
+    ["convert", "export", "SRC", "{ro}/exported", "--max-shard-gb", "1"],
+    ["data", "synthetic", "{ro}/data"],
+    ["data", "build", "official", "SRC", "{ro}/data"],
+    ["train", f"--config={CONFIG}:model=tiny,stage=2", "--workdir", "{ro}/run"],
+  ],
+)
+def test_unwritable_destinations_fail_first(tmp_path, capsys, monkeypatch, argv):
+  """An unwritable destination is named before any work (os.access is patched: tests run as
+  root, which may write anywhere)."""
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  real = os.access
+  monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(ro) else real(p, m))
+  src = tmp_path / "missing-src"  # never read: the destination check comes first
+  argv = [a.replace("{ro}", str(ro)).replace("SRC", str(src)) for a in argv]
+  rc, err = _run(capsys, *argv)
+  assert rc == 2 and f"the folder '{ro}' is not writable" in err, err
+  assert list(ro.iterdir()) == []

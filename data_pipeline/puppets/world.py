@@ -54,6 +54,7 @@ from data_pipeline.puppets.motion import MOTIONS, make_motion, still
 from data_pipeline.puppets.spec import Background, Framing, PuppetSpec
 from data_pipeline.records import write_bytes_atomic
 from o2a_jax import video_io
+from o2a_jax.output_paths import publish_mode
 
 VIDEO_COLUMNS = (
   "path", "pose_path", "height", "width", "fps", "num_frames", "start_frame", "end_frame",
@@ -375,6 +376,7 @@ def write_world(cfg: WorldConfig, out: str | os.PathLike, *, progress: bool = Tr
     summary = _write(cfg, out, progress)
     if final.exists():
       final.rmdir()  # empty (checked above)
+    publish_mode(out)
     os.replace(out, final)
   except BaseException:
     shutil.rmtree(out, ignore_errors=True)

@@ -8,6 +8,7 @@ import time
 from tqdm import tqdm
 
 from o2a_jax.cli_types import DTYPE_NAMES, positive_float
+from o2a_jax.output_paths import check_writable
 
 _DTYPES = DTYPE_NAMES
 
@@ -65,6 +66,9 @@ def _import(args) -> int:
   from o2a_jax import checkpoint
   from o2a_jax.convert import safetensors_io as sio
 
+  check_writable(args.dst, flag="DST", folder=True)
+  if args.scratch:
+    check_writable(args.scratch, flag="--scratch", folder=True)
   t0 = time.perf_counter()
   with sio.TensorSource(args.src) as src:
     total = len(src)
@@ -88,6 +92,7 @@ def _export(args) -> int:
   from o2a_jax import checkpoint
   from o2a_jax.convert import official
 
+  check_writable(args.dst, flag="DST", folder=True)
   t0 = time.perf_counter()
   model = checkpoint.load_native(args.src)
   total = len(official.official_shapes(model.cfg))

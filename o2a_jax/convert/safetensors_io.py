@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import ml_dtypes
 import numpy as np
 
+from o2a_jax.output_paths import publish_mode
+
 _DTYPES = {
   "F64": np.dtype(np.float64),
   "F32": np.dtype(np.float32),
@@ -316,5 +318,6 @@ class atomic_path:
         shutil.rmtree(self.tmp, ignore_errors=True)
         raise FileExistsError(f"{self.path} exists and is not empty; choose a new destination")
       self.path.rmdir()
+    publish_mode(self.tmp)
     os.replace(self.tmp, self.path)
     return False

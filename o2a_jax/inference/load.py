@@ -21,6 +21,7 @@ import pathlib
 import numpy as np
 
 from o2a_jax.inference.prepare import Poses
+from o2a_jax.output_paths import publish_mode
 
 ZEROS_TEXT_LENGTH = 512  # the inference prompt length
 
@@ -197,6 +198,7 @@ def write_pose_npy(path, poses: list[dict]) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       np.save(f, arr, allow_pickle=True)
+    publish_mode(tmp)
     os.replace(tmp, path)
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from o2a_jax.output_paths import publish_mode
 from o2a_jax.pose.coco import check_kp133
 from o2a_jax.pose.schema import as_pose
 
@@ -153,6 +154,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(text)
+    publish_mode(tmp)
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)

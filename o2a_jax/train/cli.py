@@ -156,6 +156,10 @@ def run(args) -> int:
   if not fv.workdir:
     raise ValueError("--workdir is required")
   check_config_values(config)
+  if "://" not in fv.workdir:  # local folders: checked now, not at the first checkpoint
+    from o2a_jax.output_paths import check_writable
+
+    check_writable(fv.workdir, flag="--workdir", folder=True)
   _initialize_distributed(fv)
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (google/grain#1355)
