@@ -266,3 +266,23 @@ def test_unwritable_destinations_fail_first(tmp_path, capsys, monkeypatch, argv)
   rc, err = _run(capsys, *argv)
   assert rc == 2 and f"the folder '{ro}' is not writable" in err, err
   assert list(ro.iterdir()) == []
+
+
+def test_corrupt_json_files_are_named(tmp_path):
+  from o2a_jax.convert import load_vae
+  from o2a_jax.text.tokenizer import load_tokenizer
+  from o2a_jax.vae.train import read_latent_stats
+
+  vae = tmp_path / "vae"
+  vae.mkdir()
+  (vae / "config.json").write_text("{broken")
+  (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+  with pytest.raises(ValueError, match=r"vae/config.json is not valid JSON .*VAE's diffusers"):
+    load_vae(vae)
+  with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+    read_latent_stats(vae)
+  tok = tmp_path / "tok"
+  tok.mkdir()
+  (tok / "tokenizer.json").write_text('{"version": "1.0", "model": 3}')
+  with pytest.raises(ValueError, match=r"tok/tokenizer.json is not a valid tokenizer.json"):
+    load_tokenizer(tok)

@@ -10,7 +10,6 @@ mis-shaped key raises `ValueError` naming it."""
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import re
@@ -21,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from o2a_jax.convert.safetensors_io import CheckpointError, TensorSource, check_keys
+from o2a_jax.json_files import read_json
 from o2a_jax.vae.model import VAEConfig, WanVAE
 
 _RESIDUAL = {
@@ -259,7 +259,7 @@ def load_vae(path: str | os.PathLike, *, dtype=jnp.float32, precision=None, **ti
   path = pathlib.Path(path)
   config_json = None
   if path.is_dir() and (path / "config.json").exists():
-    config_json = json.loads((path / "config.json").read_text())
+    config_json = read_json(path / "config.json", "the VAE's diffusers config")
   with TensorSource(path) as src:
     found = src.shapes()
     rename = {k: k for k in found}

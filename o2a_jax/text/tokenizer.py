@@ -11,13 +11,14 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import html
-import json
 import os
 import pathlib
 import re
 from collections.abc import Sequence
 
 import numpy as np
+
+from o2a_jax.json_files import read_json
 
 
 def prompt_clean(text: str) -> str:
@@ -67,7 +68,7 @@ def _special_token(folder: pathlib.Path, name: str, default: str) -> str:
   for file in ("tokenizer_config.json", "special_tokens_map.json"):
     p = folder / file
     if p.exists():
-      value = json.loads(p.read_text()).get(name)
+      value = read_json(p, "a tokenizer config").get(name)
       if isinstance(value, dict):
         value = value.get("content")
       if isinstance(value, str):
@@ -91,7 +92,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   if json_file.exists() and not (path.is_file() and path.suffix == ".model"):
     import tokenizers
 
-    tok = tokenizers.Tokenizer.from_file(str(json_file))
+    try:
+      tok = tokenizers.Tokenizer.from_file(str(json_file))
+    except Exception as e:  # the library's message names no file
+      raise ValueError(f"{json_file} is not a valid tokenizer.json ({e})") from None
     # The released file may carry its own padding/truncation settings; we apply ours.
     tok.no_padding()
     tok.no_truncation()

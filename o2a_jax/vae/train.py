@@ -42,6 +42,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from o2a_jax.json_files import read_json
 from o2a_jax.vae.model import VAEConfig, WanVAE
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -454,7 +455,7 @@ def read_latent_stats(path: str | os.PathLike) -> tuple[tuple[float, ...], tuple
     raise FileNotFoundError(
       f"{cfg_path} not found; latent statistics live in the VAE's config.json"
     )
-  cfg = json.loads(cfg_path.read_text())
+  cfg = read_json(cfg_path, "the VAE's config with latents_mean/latents_std")
   if "latents_mean" not in cfg or "latents_std" not in cfg:
     raise ValueError(
       f"{cfg_path} has no latents_mean/latents_std; compute them with "
