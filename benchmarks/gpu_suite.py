@@ -237,21 +237,6 @@ def _numerics_one(impl: str, gpu: bool, dry: bool, heads: int, kd: int) -> list:
   return rows
 
 
-def _timed(fn, args, warmup: int, iters: int) -> float:
-  import statistics
-
-  import jax
-
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def section_attention_speed(dry: bool, out: pathlib.Path, part: str) -> list:
   import jax
   import jax.numpy as jnp
@@ -303,8 +288,9 @@ def section_attention_speed(dry: bool, out: pathlib.Path, part: str) -> list:
             o, vjp = jax.vjp(fn, *a)
             return vjp(o)
 
-          t_fwd = _timed(jax.jit(fn), fargs, warmup, iters)
-          t_all = _timed(jax.jit(fwd_bwd), fargs, warmup, iters)
+          timed = _benchmark_script("attention_benchmark")._time  # median after warm-up
+          t_fwd = timed(jax.jit(fn), fargs, warmup, iters)
+          t_all = timed(jax.jit(fwd_bwd), fargs, warmup, iters)
           t_bwd = max(t_all - t_fwd, 1e-9)
           row.update(fwd_ms=t_fwd * 1e3, bwd_ms=t_bwd * 1e3,
                      fwd_tflops=flops_fwd / t_fwd / 1e12,
@@ -315,15 +301,22 @@ def section_attention_speed(dry: bool, out: pathlib.Path, part: str) -> list:
   return rows
 
 
-def _run_script(script: str, argv: list[str], out: pathlib.Path, name: str):
-  """Runs benchmarks/<script>.main(argv + ['--json', tmp]) in this process; returns its JSON."""
+def _benchmark_script(script: str):
+  """The module of benchmarks/<script>.py (benchmarks are scripts, not a package)."""
   import importlib.util
 
-  spec = importlib.util.spec_from_file_location(script, ROOT / "benchmarks" / f"{script}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  if script not in sys.modules:
+    spec = importlib.util.spec_from_file_location(script, ROOT / "benchmarks" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[script] = module
+  return sys.modules[script]
+
+
+def _run_script(script: str, argv: list[str], out: pathlib.Path, name: str):
+  """Runs benchmarks/<script>.main(argv + ['--json', tmp]) in this process; returns its JSON."""
   path = out / f"{name}.part.json"
-  module.main([*argv, "--json", str(path)])
+  _benchmark_script(script).main([*argv, "--json", str(path)])
   return json.loads(path.read_text())
 
 
