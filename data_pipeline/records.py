@@ -374,9 +374,9 @@ class RecordSource:
 
     if self._source is None:
       self._source = self._open_shards()
+      self._starts = [row[0] for row in self._source]
     index = int(index)
-    starts = [row[0] for row in self._source]
-    i = max(bisect.bisect_right(starts, index) - 1, 0)
+    i = max(bisect.bisect_right(self._starts, index) - 1, 0)
     start, _, src, err = self._source[i]
     name = pathlib.Path(self.paths[i]).name
     if src is None:
