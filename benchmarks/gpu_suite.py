@@ -53,6 +53,10 @@ import time
 import traceback
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from o2a_jax.error_text import first_line  # noqa: E402  (pure Python: the driver stays JAX-free)
+
 SCHEMA = "o2a-gpu-suite/1"
 
 # (name, ((part, time cap in seconds at full size), ...)). Each part runs in its own process;
@@ -88,11 +92,6 @@ def _rel(a, b) -> float:
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def _error_text(e: BaseException) -> str:
-  lines = [s for s in str(e).splitlines() if s.strip()]
-  return f"{type(e).__name__}: {lines[0][:400] if lines else ''}"
-
-
 # --- sections (each runs in a child process) ------------------------------------------------
 
 
@@ -120,7 +119,7 @@ def section_env(dry: bool, out: pathlib.Path, part: str = "") -> dict:
     stats = dev.memory_stats() or {}
     info["memory_bytes_limit"] = stats.get("bytes_limit")
   except Exception as e:  # CPU devices have none
-    info["memory_stats_error"] = _error_text(e)
+    info["memory_stats_error"] = first_line(e, 400)
   try:
     smi = subprocess.run(
       ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
@@ -128,7 +127,7 @@ def section_env(dry: bool, out: pathlib.Path, part: str = "") -> dict:
     )  # fmt: skip
     info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
   except (OSError, subprocess.TimeoutExpired) as e:
-    info["nvidia_smi"] = _error_text(e)
+    info["nvidia_smi"] = first_line(e, 400)
   return info
 
 
@@ -232,7 +231,7 @@ def _numerics_one(impl: str, gpu: bool, dry: bool, heads: int, kd: int) -> list:
           row["status"] = "pass" if max(errs) < NUMERIC_TOL[dtype_name] else "FAIL"
         except Exception as e:
           row["status"] = "error"
-          row["error"] = _error_text(e)
+          row["error"] = first_line(e, 400)
         print(json.dumps(row), flush=True)
   return rows
 
@@ -296,7 +295,7 @@ def section_attention_speed(dry: bool, out: pathlib.Path, part: str) -> list:
                      fwd_tflops=flops_fwd / t_fwd / 1e12,
                      bwd_tflops=2.5 * flops_fwd / t_bwd / 1e12)  # fmt: skip
         except Exception as e:
-          row["error"] = _error_text(e)
+          row["error"] = first_line(e, 400)
         print(json.dumps(row), flush=True)
   return rows
 
@@ -379,7 +378,6 @@ SECTION_FNS = {
 
 def _child(args) -> int:
   """One section part in this process: writes {"results": ...} or {"error": ...}."""
-  sys.path.insert(0, str(ROOT))
   out = pathlib.Path(args.section_out)
   try:
     results = SECTION_FNS[args.section](args.dry_run, out.parent, args.part)
@@ -387,7 +385,7 @@ def _child(args) -> int:
     return 0
   except BaseException as e:
     traceback.print_exc()
-    _write_json(out, {"error": _error_text(e)})
+    _write_json(out, {"error": first_line(e, 400)})
     return 1
 
 

@@ -43,6 +43,7 @@ import cv2
 import msgpack
 import numpy as np
 
+from o2a_jax.error_text import first_line
 from o2a_jax.output_paths import publish_mode
 
 KINDS = ("clip", "pair", "pool")
@@ -292,11 +293,6 @@ class DatasetWriter:
 # --------------------------------------------------------------------------- reading
 
 
-def _first_line(e: BaseException) -> str:
-  text = next((line for line in str(e).splitlines() if line.strip()), "")
-  return f"{type(e).__name__}: {text[:300]}"
-
-
 class RecordSource:
   """Random access to one kind of record in a dataset folder (raw bytes) plus its metadata.
 
@@ -352,7 +348,7 @@ class RecordSource:
         src = grain.sources.ArrayRecordDataSource([path])
         opened.append([src, len(src), None])
       except Exception as e:  # the reader's own errors name no file
-        opened.append([None, None, _first_line(e)])
+        opened.append([None, None, first_line(e)])
     counts = self.shard_counts
     if counts is None:  # older datasets: infer the unreadable shards' counts
       known = [n for _, n, _ in opened if n is not None]
@@ -385,7 +381,7 @@ class RecordSource:
       return src[index - start]
     except Exception as e:
       raise CorruptRecordError(
-        f"record {index - start} of shard {name} cannot be read ({_first_line(e)})"
+        f"record {index - start} of shard {name} cannot be read ({first_line(e)})"
       ) from None
 
   def read(self, index: int) -> dict:

@@ -30,6 +30,7 @@ from o2a_jax import sharding
 from o2a_jax.convert import official_layout as layout
 from o2a_jax.convert import safetensors_io as sio
 from o2a_jax.convert.official import _dtype_overrides, abstract_model, infer_config, param_shapes
+from o2a_jax.error_text import first_line
 from o2a_jax.model.config import DenoiserConfig
 from o2a_jax.model.denoiser import Denoiser
 
@@ -93,10 +94,9 @@ def read_config(path: str | os.PathLike, **overrides) -> DenoiserConfig:
 
 
 def _unreadable(path: pathlib.Path, part: str, e: BaseException) -> ValueError:
-  first = next((line for line in str(e).splitlines() if line.strip()), "")
   return ValueError(
-    f"native checkpoint {str(path)!r}: its {part} cannot be read ({type(e).__name__}: "
-    f"{first[:300]}); the checkpoint is damaged or incomplete: re-run `o2a convert import`"
+    f"native checkpoint {str(path)!r}: its {part} cannot be read ({first_line(e)}); the "
+    "checkpoint is damaged or incomplete: re-run `o2a convert import`"
   )
 
 

@@ -24,6 +24,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from o2a_jax.error_text import first_line
+
 # --- state <-> nested dict ---------------------------------------------------------------------
 
 
@@ -193,8 +195,7 @@ class Checkpoints:
       except (KeyboardInterrupt, SystemExit):
         raise
       except Exception as e:
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        reason = f"{type(e).__name__}: {first[:300]}"
+        reason = first_line(e)
         failures.append(f"step {step} ({reason})")
         if log is not None:
           log(f"checkpoint step {step} in {self.directory} is unreadable, skipped: {reason}")
