@@ -24,7 +24,7 @@ import numpy as np
 
 _CHILD = r"""
 import json, resource, sys, threading, time
-from o2a_jax import checkpoint
+from o2a_jax.convert import native
 
 peak = {"anon": 0}
 def sample():  # peak anonymous memory: what cannot be reclaimed by dropping file pages
@@ -36,9 +36,9 @@ def sample():  # peak anonymous memory: what cannot be reclaimed by dropping fil
 threading.Thread(target=sample, daemon=True).start()
 t0 = time.perf_counter()
 if sys.argv[1] == "import":
-  checkpoint.import_official(sys.argv[2], sys.argv[3], dtype=sys.argv[4])
+  native.import_official(sys.argv[2], sys.argv[3], dtype=sys.argv[4])
 else:
-  checkpoint.export_native(sys.argv[2], sys.argv[3])
+  native.export_native(sys.argv[2], sys.argv[3])
 print(json.dumps({"seconds": time.perf_counter() - t0,
                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                   "peak_anon_gib": peak["anon"] / 2**20}))
@@ -47,7 +47,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0,
 
 def write_synthetic(path: pathlib.Path, preset: str, dtype: str) -> tuple[int, int]:
   from o2a_jax.convert import official_shapes
-  from o2a_jax.convert import safetensors_io as sio
+  from o2a_jax.io import safetensors as sio
 
   shapes = official_shapes(preset)
   np_dtype = np.dtype(sio._DTYPES["BF16" if dtype == "bfloat16" else "F32"])
@@ -66,14 +66,14 @@ def _values(key: str, shape, dtype) -> np.ndarray:
 
 
 def run_child(*argv) -> dict:
-  out = subprocess.run(
-    [sys.executable, "-c", _CHILD, *argv], check=True, capture_output=True, text=True
-  )
+  out = subprocess.run([sys.executable, "-c", _CHILD, *argv], capture_output=True, text=True)
+  if out.returncode:
+    raise SystemExit(f"{argv[0]} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def verify(src: pathlib.Path, exported: pathlib.Path) -> int:
-  from o2a_jax.convert import safetensors_io as sio
+  from o2a_jax.io import safetensors as sio
 
   with sio.TensorSource(src) as a, sio.TensorSource(exported) as b:
     if set(a) != set(b):

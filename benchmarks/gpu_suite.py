@@ -55,7 +55,7 @@ import traceback
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from o2a_jax.error_text import first_line  # noqa: E402  (pure Python: the driver stays JAX-free)
+from o2a_jax.io.error_text import first_line  # noqa: E402  (pure Python: the driver stays JAX-free)
 
 SCHEMA = "o2a-gpu-suite/1"
 

@@ -7,7 +7,7 @@ implementations on the same machine.
 
 Per video = VAE encoding of the reference, mask and black frame + `steps` x the measured step
 time + VAE decoding of the chunk (one 81-frame chunk, i.e. what one `generate_chunk` call does).
-The step time is measured on the jitted denoising loop (`o2a_jax.pipeline._denoise`, one
+The step time is measured on the jitted denoising loop (`o2a_jax.sampling.chunk._denoise`, one
 `fori_loop`) over `--timed-steps` steps after a compiling warm-up run; encode/decode are timed
 after their own warm-up.
 
@@ -33,8 +33,8 @@ from flax import nnx
 
 from o2a_jax.convert.official import abstract_model
 from o2a_jax.model import preset
-from o2a_jax.pipeline import _denoise
 from o2a_jax.sampling import guidance
+from o2a_jax.sampling.chunk import _denoise
 from o2a_jax.sampling.schedule import sigmas
 from o2a_jax.vae import normalize
 from o2a_jax.vae.model import VAEConfig, WanVAE, randomize

@@ -19,7 +19,7 @@ the reference and mask replaced by the black image of the training's reference d
 guidance off (the extractor sees nothing of the puppet); `no_pose`: pose scale 0 and pose guidance
 off (the pose branch adds nothing).
 
-Metrics (`o2a_jax.puppets_eval`): PSNR over all pixels and frames of a clip, SSIM with the
+Metrics (`o2a_jax.puppet.evaluate`): PSNR over all pixels and frames of a clip, SSIM with the
 scikit-image defaults (grayscale, 7x7 uniform window), means over clips; all frames count,
 the first one included.
 """
@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 
 def main(argv=None) -> int:
-  from o2a_jax import puppets_eval as E
+  from o2a_jax.puppet import evaluate as E
 
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

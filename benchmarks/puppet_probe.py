@@ -10,7 +10,7 @@ world's training records (`o2a data build official` output, --data), then report
   (the training loss without its weights), the same with the reference latents zeroed (how much
   the model uses the reference), and the PSNR of its one-step clean estimate
   x0_hat = x_t - sigma v decoded;
-- the sampler (`o2a_jax.pipeline.generate_chunk`, no guidance) on the same samples and noise,
+- the sampler (`o2a_jax.sampling.chunk.generate_chunk`, no guidance) on the same samples and noise,
   with 1 and --steps Euler steps: one step from sigma 1 must equal the one-step estimate at
   sigma 1 (a check of the sampler's inputs), and more steps show what iterating adds.
 
@@ -44,11 +44,13 @@ def main(argv=None) -> int:
   import numpy as np
   from flax import nnx
 
-  from o2a_jax import config_lib, pipeline, video_io
-  from o2a_jax.puppets_eval import StatsVAE, check_vae_hash
+  from o2a_jax import config_lib
+  from o2a_jax.io import video as video_io
+  from o2a_jax.puppet.evaluate import StatsVAE, check_vae_hash
+  from o2a_jax.puppet.vae_train import psnr  # [-1, 1] floats, peak-to-peak 2
+  from o2a_jax.sampling import chunk as pipeline
   from o2a_jax.train import step as step_lib
   from o2a_jax.train import trainer
-  from o2a_jax.vae.train import psnr  # [-1, 1] floats, peak-to-peak 2
 
   check_vae_hash(args.model, args.vae)
   config = config_lib.load_config_file(

@@ -193,12 +193,12 @@ def _puppet(c: mlc.ConfigDict, vae: str) -> None:
   """The puppet-world toy recipe (assets/puppet_model/README.md has the commands and settings)."""
   import pathlib
 
-  from o2a_jax.vae.train import read_latent_stats
+  from o2a_jax.convert.vae import read_latent_stats
 
   vae = vae or str(pathlib.Path(__file__).resolve().parents[1] / "assets" / "puppet_vae")
   c.vae.path = vae
   # The puppet VAE's own per-channel statistics (its config.json), not Wan's: training
-  # normalises with these, and sampling must too (o2a_jax.puppets_eval reads the same file).
+  # normalises with these, and sampling must too (o2a_jax.puppet.evaluate reads the same file).
   # Another VAE goes in through the `vae=` arg, so path and statistics stay together.
   mean, std = read_latent_stats(vae)
   c.loss.latents_mean = tuple(mean)

@@ -16,6 +16,8 @@ import dataclasses
 
 import numpy as np
 
+from o2a_jax.vae.strides import latent_frames
+
 # ----------------------------------------------------------------------------- geometry
 
 
@@ -137,7 +139,7 @@ def hand_boxes(pose: dict, h0: int, w0: int, min_score: float = 0.8) -> list:
 
 def latent_groups(frames: int) -> list[list[int]]:
   """Pixel frames of each latent frame: pixel frame i -> latent (i+3)//4."""
-  groups = [[] for _ in range((frames - 1) // 4 + 1)]
+  groups = [[] for _ in range(latent_frames(frames))]
   for i in range(frames):
     groups[(i + 3) // 4].append(i)
   return groups

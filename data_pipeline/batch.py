@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from o2a_jax.vae.strides import latent_frames
+
 FIELDS = (
   "video",
   "pose_video",
@@ -32,11 +34,6 @@ FIELDS = (
   "ocr_mask",
   "pose_dropped",
 )
-
-
-def latent_frames(frames: int) -> int:
-  """Latent frames of a (4k+1)-frame clip."""
-  return (frames - 1) // 4 + 1
 
 
 def expected_shapes(batch: int, frames: int, height: int, width: int) -> dict[str, tuple]:

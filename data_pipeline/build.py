@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipeline.records import DatasetWriter, encode_image, pack_pose
-from o2a_jax import video_io
+from o2a_jax.io import video as video_io
 from o2a_jax.pose import as_pose, from_coco_wholebody, read_official_npy
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from o2a_jax.cli_types import int_at_least
-from o2a_jax.output_paths import check_writable
+from o2a_jax.io.output_paths import check_writable
 
 
 def _common(p: argparse.ArgumentParser) -> None:

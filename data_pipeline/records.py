@@ -43,8 +43,8 @@ import cv2
 import msgpack
 import numpy as np
 
-from o2a_jax.error_text import first_line
-from o2a_jax.output_paths import publish_mode
+from o2a_jax.io.error_text import first_line
+from o2a_jax.io.output_paths import publish_mode
 
 KINDS = ("clip", "pair", "pool")
 SHARD_PREFIX = {"clip": "clips", "pair": "pairs", "pool": "pool"}

@@ -12,9 +12,9 @@ import sys
 
 # Modules that contribute subcommands, in the order `o2a --help` lists them.
 SUBCOMMAND_MODULES = (
-  "o2a_jax.demo",
+  "o2a_jax.puppet.demo",
   "o2a_jax.convert.cli",
-  "o2a_jax.text.cli",
+  "o2a_jax.inference.text_cli",
   "data_pipeline.cli",
   "o2a_jax.train.cli",
   "o2a_jax.inference.cli",

@@ -4,7 +4,7 @@
 
 Writes the official training layout of spec §7.2 (`train.csv`, `heldout.csv`, MP4 clips with
 per-video `_pose.npy` files, image pairs with `_pose.npy` files) plus lossless ground truth under
-`gt/`; see `data_pipeline/puppets/world.py` for the layout. Deterministic for a given seed.
+`gt/`; see `o2a_jax/puppet/world.py` for the layout. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from data_pipeline.puppets.world import WorldConfig, write_world  # noqa: E402
+from o2a_jax.puppet.world import WorldConfig, write_world  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
   shutil.copytree(prev, tmp)
   (tmp / "training.json").write_text(json.dumps(log, indent=1))
   # The VAE whose latent space the model learned: `o2a demo` and the evaluation check it.
-  from o2a_jax.puppets_eval import VAE_DIR, VAE_HASH_FILE, vae_sha256
+  from o2a_jax.puppet.evaluate import VAE_DIR, VAE_HASH_FILE, vae_sha256
 
   vae_dir = pathlib.Path(vae or VAE_DIR)
   (tmp / VAE_HASH_FILE).write_text(

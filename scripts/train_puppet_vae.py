@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 
 
 def main(argv=None) -> int:
-  from o2a_jax.vae import train as T
+  from o2a_jax.convert.vae import save_vae
+  from o2a_jax.puppet import vae_train as T
 
   d = T.TrainConfig()
   p = argparse.ArgumentParser(
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
   p.add_argument("--warmup", type=int, default=d.warmup)
   p.add_argument(
     "--consistency", type=float, default=d.consistency,
-    help="weight of the still-clip latent-consistency term (o2a_jax.vae.train.loss_fn; 0 = off)",
+    help="weight of the still-clip latent-consistency term (puppet.vae_train.loss_fn; 0 = off)",
   )  # fmt: skip
   p.add_argument("--init", default="", help="continue from this VAE folder (else a fresh init)")
   p.add_argument("--base-dim", type=int, default=d.base_dim)
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     print("train_puppet_vae: error: --frames and --eval-frames must be 4k+1", file=sys.stderr)
     return 2
 
-  from data_pipeline.puppets.world import load_gt
+  from o2a_jax.puppet.world import load_gt
 
   world = pathlib.Path(args.world)
   train_files = sorted((world / "gt").glob("v*.npz"))
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
     "total_seconds": time.perf_counter() - t0,
     "log": log,
   }
-  T.save_vae(vae, args.out, latents_mean=mean, latents_std=std, extra=extra)
+  save_vae(vae, args.out, latents_mean=mean, latents_std=std, extra=extra)
   print(f"wrote {args.out} (train {train_s:.0f} s)")
   print("latents_mean", np.round(mean, 3).tolist())
   print("latents_std", np.round(std, 3).tolist())

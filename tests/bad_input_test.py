@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from o2a_jax.cli import main
-from o2a_jax.output_paths import check_output
+from o2a_jax.io.output_paths import check_output
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "o2a.py")
@@ -227,8 +227,8 @@ def test_outputs_get_the_umask_mode_not_0600(tmp_path):
   """Atomic writes go through mkstemp/mkdtemp (0600/0700); the published file must have the
   mode a plain write would (0644 / 0755 under umask 022)."""
   from data_pipeline.records import write_bytes_atomic
-  from o2a_jax.convert.safetensors_io import atomic_path
-  from o2a_jax.video_io import write_video
+  from o2a_jax.io.safetensors import atomic_path
+  from o2a_jax.io.video import write_video
 
   old = os.umask(0o022)
   try:
@@ -270,8 +270,8 @@ def test_unwritable_destinations_fail_first(tmp_path, capsys, monkeypatch, argv)
 
 def test_corrupt_json_files_are_named(tmp_path):
   from o2a_jax.convert import load_vae
+  from o2a_jax.convert.vae import read_latent_stats
   from o2a_jax.text.tokenizer import load_tokenizer
-  from o2a_jax.vae.train import read_latent_stats
 
   vae = tmp_path / "vae"
   vae.mkdir()

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from o2a_jax import checkpoint, cli, sharding
-from o2a_jax.convert import load_official, official_state_dict, save_official
-from o2a_jax.convert import safetensors_io as sio
+from o2a_jax.convert import load_official, native, official_state_dict, save_official
+from o2a_jax.convert.official import param_shapes
+from o2a_jax.io import safetensors as sio
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def test_save_refuses_existing_folder_and_leaves_nothing_on_failure(tiny, tmp_pa
 
 
 def test_native_checkpoint_restores_onto_another_mesh(tiny, reference, tmp_path):
-  cfg = checkpoint.import_official(tiny, tmp_path / "native")
+  cfg = native.import_official(tiny, tmp_path / "native")
   assert cfg.num_layers == 3 and cfg.pose_layers == 2 and cfg.ref_layers == 2
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # scratch removed
   with jax.set_mesh(sharding.make_mesh((1, 4, 1, 2))):
@@ -179,6 +180,24 @@ def test_native_checkpoint_restores_onto_another_mesh(tiny, reference, tmp_path)
       f.write_bytes(b"\0damaged")
   with pytest.raises(ValueError, match=r"native checkpoint .*resaved.*parameters cannot be read"):
     checkpoint.load_native(tmp_path / "resaved")
+
+
+def test_import_writes_each_leaf_in_slices(tiny, reference, tmp_path, monkeypatch):
+  """The streamed writer stays on Orbax's write path and writes leaves slice by slice, exactly."""
+  made = []
+
+  class Spy(checkpoint._SlicedNumpyHandler):
+    def __init__(self):
+      super().__init__()
+      made.append(self)
+
+  monkeypatch.setattr(checkpoint, "_SlicedNumpyHandler", Spy)
+  monkeypatch.setattr(checkpoint, "_SLICE_BYTES", 4096)  # many slices per stacked leaf
+  native.import_official(tiny, tmp_path / "native")
+  leaves = len(param_shapes(checkpoint.load_native(tmp_path / "native")))
+  assert len(made) == 1 and made[0].slices_written > 2 * leaves
+  native.export_native(tmp_path / "native", tmp_path / "out")
+  _assert_bit_identical(tmp_path / "out", reference)
 
 
 def test_cli_import_export_round_trip(tiny, reference, tmp_path, capsys):

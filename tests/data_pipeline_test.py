@@ -16,7 +16,7 @@ from data_pipeline import (
   synthetic,
   train_iterator,
 )
-from data_pipeline.batch import check_batch, latent_frames
+from data_pipeline.batch import check_batch
 from data_pipeline.pipeline import EpochPlanner, SampleLoader
 from data_pipeline.records import (
   CorruptDataError,
@@ -25,6 +25,7 @@ from data_pipeline.records import (
   deserialize,
   serialize,
 )
+from o2a_jax.vae.strides import latent_frames
 
 
 @pytest.fixture(scope="module")
@@ -290,8 +291,8 @@ def _save_npy(path, poses):
 
 
 def test_build_official_layout_and_cli(tmp_path):
-  from o2a_jax import video_io
   from o2a_jax.cli import main
+  from o2a_jax.io import video as video_io
 
   root = tmp_path / "official"
   (root / "videos").mkdir(parents=True)
@@ -382,7 +383,7 @@ def test_build_official_layout_and_cli(tmp_path):
 
 
 def test_build_video_folder(tmp_path):
-  from o2a_jax import video_io
+  from o2a_jax.io import video as video_io
   from o2a_jax.pose import write_poses_json
 
   vids = tmp_path / "vids"
@@ -415,7 +416,7 @@ def test_loader_info_matches_plan(dataset):
 def test_build_video_folder_with_estimator(tmp_path, monkeypatch):
   import o2a_jax.pose.estimate as est
   from data_pipeline.build import build_videos
-  from o2a_jax import video_io
+  from o2a_jax.io import video as video_io
 
   class FakeEstimator:  # stands in for the ONNX models, which tests cannot download
     def __init__(self, det_model, pose_model):

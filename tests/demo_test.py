@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from o2a_jax import puppets_eval as E
+from o2a_jax.puppet import evaluate as E
 
 SHIPPED = E.MODEL_DIR.is_dir() and E.VAE_DIR.is_dir()
 
@@ -42,10 +42,10 @@ def test_puppet_training_loss_falls(tmp_path):
   the jitted train step of the `puppet` config (stage 2): on one batch with the step's random
   draws held fixed, the loss falls."""
   import data_pipeline
-  from data_pipeline.puppets.world import WorldConfig, write_world
   from o2a_jax import sharding
   from o2a_jax.cli import main
   from o2a_jax.config_lib import load_config_file
+  from o2a_jax.puppet.world import WorldConfig, write_world
   from o2a_jax.train import trainer
 
   world = tmp_path / "world"

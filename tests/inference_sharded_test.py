@@ -13,10 +13,11 @@ import jax
 import numpy as np
 import pytest
 
+from kernels.attention import context_parallel
 from o2a_jax import sharding
 from o2a_jax.convert import load_official, load_vae
 from o2a_jax.inference import sharded
-from o2a_jax.pipeline import generate_chunk
+from o2a_jax.sampling.chunk import generate_chunk
 
 
 def rel(a, b):
@@ -44,7 +45,7 @@ def test_sharded_generate_chunk_equals_single_device(fixtures_dir, shape, strate
   )
 
   mesh = sharding.make_mesh(shape)
-  impl = sharded.register_context_parallel("xla", strategy)
+  impl = context_parallel.register_context_parallel("xla", strategy)
   with jax.set_mesh(mesh):
     model = load_official(fixtures_dir / "model_tiny", attn_impl=impl)
     vae = sharded.replicate(load_vae(fixtures_dir / "vae_tiny"), mesh)
@@ -69,4 +70,4 @@ def test_sampling_mesh_errors():
     sharded.parse_mesh("4x2")
   assert sharded.parse_mesh("1,1,4,2") == (1, 1, 4, 2)
   with pytest.raises(ValueError, match="unknown context-parallel strategy"):
-    sharded.register_context_parallel("xla", "ring")
+    context_parallel.register_context_parallel("xla", "ring")

@@ -10,7 +10,7 @@ from o2a_jax import cli
 from o2a_jax import pose as pose_lib
 from o2a_jax.inference import chunks as ch
 from o2a_jax.inference import prepare as prep
-from o2a_jax.video_io import read_video, write_video
+from o2a_jax.io.video import read_video, write_video
 
 # A frontal standing person in normalised coordinates (COCO body order), used to synthesise
 # whole-body keypoints.
@@ -264,8 +264,8 @@ def test_cli_errors_are_clear(files, capsys, tmp_path):
 def test_text_embeddings_from_files(tmp_path):
   import argparse
 
-  from o2a_jax.convert.safetensors_io import save_dict
   from o2a_jax.inference.load import text_embeddings
+  from o2a_jax.io.safetensors import save_dict
 
   args = lambda **kw: argparse.Namespace(
     **{"text_encoder": None, "text_embeds": None, "negative_text_embeds": None,

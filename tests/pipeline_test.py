@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from o2a_jax.convert import load_official, load_vae
-from o2a_jax.pipeline import generate_chunk
 from o2a_jax.sampling import guidance
+from o2a_jax.sampling.chunk import generate_chunk
 from o2a_jax.sampling.schedule import sigmas
 
 # Spec §5.1: the 30 sigmas of the released sampler (printed to 5 decimals there).

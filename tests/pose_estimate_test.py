@@ -141,7 +141,7 @@ def test_heatmap_dark_decoding(tmp_path):
 def test_pose_extract_cli(tmp_path):
   from o2a_jax import cli
   from o2a_jax.inference.load import read_pose_file
-  from o2a_jax.video_io import write_video
+  from o2a_jax.io.video import write_video
 
   rows = np.array([[8, 4, 56, 60, 0.9, 0]], np.float32)
   det = const_model(tmp_path / "det.onnx", (64, 64), {"out": rows[None]})

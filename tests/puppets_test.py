@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from data_pipeline.puppets import draw as D
-from data_pipeline.puppets import skeleton as S
-from data_pipeline.puppets.motion import MOTIONS, make_motion
-from data_pipeline.puppets.spec import Background, Framing, PuppetSpec
-from data_pipeline.puppets.world import (
+from o2a_jax import pose as P
+from o2a_jax.io.video import read_video
+from o2a_jax.puppet import draw as D
+from o2a_jax.puppet import skeleton as S
+from o2a_jax.puppet.motion import MOTIONS, make_motion
+from o2a_jax.puppet.spec import Background, Framing, PuppetSpec
+from o2a_jax.puppet.world import (
   WorldConfig,
   load_gt,
   make_image_pair,
@@ -17,8 +19,6 @@ from data_pipeline.puppets.world import (
   read_csv,
   write_world,
 )
-from o2a_jax import pose as P
-from o2a_jax.video_io import read_video
 
 CFG = WorldConfig(
   seed=3, videos=2, images=2, heldout=1, frames=9, heldout_frames=13, height=64, width=64

@@ -16,9 +16,9 @@ from flax import nnx
 from o2a_jax import sharding
 from o2a_jax import text as T
 from o2a_jax.convert import load_text_encoder
-from o2a_jax.convert import safetensors_io as sio
 from o2a_jax.convert.text import text_encoder_keys
-from o2a_jax.text import cli as text_cli
+from o2a_jax.inference import text_cli
+from o2a_jax.io import safetensors as sio
 from o2a_jax.text import embed as embed_mod
 from o2a_jax.text.umt5 import relative_position_buckets
 

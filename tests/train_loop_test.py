@@ -392,8 +392,8 @@ def test_context_parallel_config_errors():
   with pytest.raises(ValueError, match="guidance passes"):
     trainer.check_context_parallel(loop_config(**{"train.sample_every": 5}), mesh)
   with pytest.raises(ValueError, match="tokens per latent frame"):
-    trainer.check_tokens_divide(mesh, 48, 32)  # 3 x 2 = 6 tokens over 4
-  trainer.check_tokens_divide(mesh, 32, 32)
+    trainer.check_tokens_divide(mesh, preset("tiny"), 48, 32)  # 3 x 2 = 6 tokens over 4
+  trainer.check_tokens_divide(mesh, preset("tiny"), 32, 32)
   with pytest.raises(ValueError, match="tensor axis"):  # 2 heads over 4
     trainer.check_context_parallel(loop_config(), sharding.make_mesh((1, 1, 2, 4)))
   trainer.check_context_parallel(loop_config(), sharding.make_mesh((1, 2, 2, 2)))
@@ -495,7 +495,7 @@ def test_sample_video_written(built, reference, tmp_path):
   s, _ = built
   local = next(trainer.data_iterator(loop_config()))
   trainer.write_samples(loop_config(), s.graphs, ref.state, local, tmp_path, 6)
-  from o2a_jax import video_io
+  from o2a_jax.io import video as video_io
 
   frames = video_io.read_video(tmp_path / "step_0000006.mp4")[0]
   assert frames.shape == (5, 32, 32, 3)

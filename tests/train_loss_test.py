@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from o2a_jax.convert import load_official
-from o2a_jax.convert import official_layout as layout
+from o2a_jax.model import param_names as layout
 from o2a_jax.train import loss as L
 from o2a_jax.train import trainable
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from o2a_jax.convert import load_vae
-from o2a_jax.convert.safetensors_io import TensorSource, save_dict
+from o2a_jax.io.safetensors import TensorSource, save_dict
 from o2a_jax.vae import LATENTS_MEAN, LATENTS_STD, WanVAE, denormalize, normalize
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "vae_tiny"

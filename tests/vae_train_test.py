@@ -7,8 +7,9 @@ import pytest
 from flax import nnx
 
 from o2a_jax.convert import load_vae
+from o2a_jax.convert.vae import read_latent_stats, save_vae
+from o2a_jax.puppet import vae_train as T
 from o2a_jax.vae import LATENTS_MEAN, LATENTS_STD, denormalize, normalize
-from o2a_jax.vae import train as T
 from o2a_jax.vae.model import _causal_scan
 
 # A tiny config: 4 base channels, 16x16 frames (2x2 latents).
@@ -79,8 +80,8 @@ def test_save_load_roundtrip(trained, tmp_path):
   vae, _ = trained
   mean, std = T.latent_stats(vae, _clips(2, f=5))
   assert len(mean) == len(std) == 16 and min(std) > 0
-  path = T.save_vae(vae, tmp_path / "vae", latents_mean=mean, latents_std=std, extra={"x": 1})
-  T.save_vae(vae, path, latents_mean=mean, latents_std=std)  # replacing an existing folder works
+  path = save_vae(vae, tmp_path / "vae", latents_mean=mean, latents_std=std, extra={"x": 1})
+  save_vae(vae, path, latents_mean=mean, latents_std=std)  # replacing an existing folder works
   loaded = load_vae(path)
   assert loaded.cfg.base_dim == 4 and loaded.cfg.dim_mult == CFG.dim_mult
   a = dict(nnx.to_flat_state(nnx.state(vae, nnx.Param)))
@@ -88,17 +89,17 @@ def test_save_load_roundtrip(trained, tmp_path):
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(np.asarray(a[k].get_value()), np.asarray(b[k].get_value()))
-  m2, s2 = T.read_latent_stats(path)
+  m2, s2 = read_latent_stats(path)
   np.testing.assert_allclose(m2, mean)
   np.testing.assert_allclose(s2, std)
 
 
 def test_read_latent_stats_missing(tmp_path):
   with pytest.raises(FileNotFoundError):
-    T.read_latent_stats(tmp_path)
+    read_latent_stats(tmp_path)
   (tmp_path / "config.json").write_text("{}")
   with pytest.raises(ValueError, match="latents_mean"):
-    T.read_latent_stats(tmp_path)
+    read_latent_stats(tmp_path)
 
 
 def test_normalize_custom_statistics():

@@ -19,11 +19,13 @@ collectives transpose to their duals and the kernels keep their custom_vjp.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from kernels.attention import _lookup, compat
+from kernels.attention import _lookup, compat, register, registered
 
 BATCH_AXES = ("data", "fsdp")
 SEQ_AXIS = "context"
@@ -129,3 +131,65 @@ def hybrid_attention(
   return compat.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=_X)(
     q, k, v, k_ref, v_ref, q_rope, k_rope, q_ref_rope, k_ref_rope
   )
+
+
+# --- registration as attention implementations `cp_<strategy>:<impl>` -------------------
+
+PREFIX = "cp_"
+
+
+def _cross_attention(q, k, v, *, impl, mesh=None):
+  """Queries token-sharded, keys/values replicated over `context` (text cross-attention)."""
+  mesh = _mesh(mesh)
+  x = P(BATCH_AXES, SEQ_AXIS, HEAD_AXIS, None)
+  kv = P(BATCH_AXES, None, HEAD_AXIS, None)
+  fn = _lookup(impl)[0]
+  return compat.shard_map(
+    lambda q, k, v: fn(q, k, v, q_rope=None, k_rope=None),
+    mesh=mesh,
+    in_specs=(x, kv, kv),
+    out_specs=x,
+  )(q, k, v)
+
+
+def _attention(q, k, v, *, q_rope=None, k_rope=None, impl, strategy):
+  if q_rope is None and k_rope is None:
+    return _cross_attention(q, k, v, impl=impl)
+  return attention(q, k, v, q_rope=q_rope, k_rope=k_rope, impl=impl, strategy=strategy)
+
+
+def _hybrid(q, k, v, k_ref, v_ref, *, q_rope, k_rope, q_ref_rope, k_ref_rope, impl, strategy):
+  return hybrid_attention(
+    q,
+    k,
+    v,
+    k_ref,
+    v_ref,
+    q_rope=q_rope,
+    k_rope=k_rope,
+    q_ref_rope=q_ref_rope,
+    k_ref_rope=k_ref_rope,
+    impl=impl,
+    strategy=strategy,
+  )
+
+
+def register_context_parallel(impl: str = "xla", strategy: str = "allgather") -> str:
+  """Registers `cp_<strategy>:<impl>` as an attention implementation; returns its name.
+
+  Use the name as the model's `attn_impl` (e.g. `load_native(path, attn_impl=name)` under
+  `jax.set_mesh(mesh)`). Idempotent.
+  """
+  if strategy not in STRATEGIES:
+    raise ValueError(f"unknown context-parallel strategy {strategy!r}; choose one of {STRATEGIES}")
+  if impl.startswith(PREFIX):
+    raise ValueError(f"attention impl {impl!r} is already context-parallel")
+  _lookup(impl)  # a clear error for an unknown base implementation
+  name = f"{PREFIX}{strategy}:{impl}"
+  if name not in registered():
+    register(
+      name,
+      functools.partial(_attention, impl=impl, strategy=strategy),
+      functools.partial(_hybrid, impl=impl, strategy=strategy),
+    )
+  return name

@@ -8,7 +8,7 @@ import time
 from tqdm import tqdm
 
 from o2a_jax.cli_types import DTYPE_NAMES, positive_float
-from o2a_jax.output_paths import check_writable
+from o2a_jax.io.output_paths import check_writable
 
 _DTYPES = DTYPE_NAMES
 
@@ -63,8 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _import(args) -> int:
-  from o2a_jax import checkpoint
-  from o2a_jax.convert import safetensors_io as sio
+  from o2a_jax.convert import native
+  from o2a_jax.io import safetensors as sio
 
   check_writable(args.dst, flag="DST", folder=True)
   if args.scratch:
@@ -73,7 +73,7 @@ def _import(args) -> int:
   with sio.TensorSource(args.src) as src:
     total = len(src)
   with tqdm(total=total, unit="tensor", desc="import") as bar:
-    cfg = checkpoint.import_official(
+    cfg = native.import_official(
       args.src,
       args.dst,
       dtype=_DTYPES[args.dtype],
@@ -90,15 +90,14 @@ def _import(args) -> int:
 
 def _export(args) -> int:
   from o2a_jax import checkpoint
-  from o2a_jax.convert import official
+  from o2a_jax.convert import native, official
 
   check_writable(args.dst, flag="DST", folder=True)
   t0 = time.perf_counter()
-  model = checkpoint.load_native(args.src)
-  total = len(official.official_shapes(model.cfg))
+  total = len(official.official_shapes(checkpoint.read_config(args.src)))
   with tqdm(total=total, unit="tensor", desc="export") as bar:
-    official.save_official(
-      model,
+    native.export_native(  # one parameter in memory at a time, never the model
+      args.src,
       args.dst,
       dtype=None if args.dtype is None else _DTYPES[args.dtype],
       max_shard_bytes=int(args.max_shard_gb * 2**30),

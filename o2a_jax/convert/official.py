@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,26 +18,11 @@ import numpy as np
 from flax import nnx
 
 from o2a_jax import sharding
-from o2a_jax.convert import official_layout as layout
-from o2a_jax.convert import safetensors_io as sio
+from o2a_jax.io import safetensors as sio
+from o2a_jax.model import param_names as layout
 from o2a_jax.model.config import PRESETS, DenoiserConfig
 from o2a_jax.model.denoiser import Denoiser
-
-HEAD_DIM = 128  # every released Wan2.1 model; heads are not recoverable from shapes alone
-
-
-def abstract_model(cfg: DenoiserConfig) -> Denoiser:
-  """The model's structure with ShapeDtypeStruct leaves; nothing is allocated."""
-  with nnx.use_eager_sharding(False), sharding.axis_rules():
-    return nnx.eval_shape(lambda: Denoiser(cfg, rngs=nnx.Rngs(0)))
-
-
-def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
-  """Dotted parameter path -> shape (works for concrete and abstract models)."""
-  return {
-    ".".join(map(str, path)): tuple(v.get_value().shape)
-    for path, v in nnx.state(model, nnx.Param).flat_state()
-  }
+from o2a_jax.model.shapes import abstract_model, dtype_overrides, infer_config, param_shapes
 
 
 def _shapes_and_entries(model: nnx.Module):
@@ -58,66 +42,6 @@ def _preset(name: str) -> dict:
   if name not in PRESETS:
     raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
   return PRESETS[name]
-
-
-def _count(keys, pattern: str) -> int:
-  rx = re.compile(pattern)
-  idx = {int(m.group(1)) for k in keys if (m := rx.match(k))}
-  if idx and idx != set(range(len(idx))):
-    raise sio.CheckpointError(f"non-contiguous layer indices for {pattern}: {sorted(idx)}")
-  return len(idx)
-
-
-def infer_config(shapes: Mapping[str, tuple[int, ...]], **overrides) -> DenoiserConfig:
-  """The architecture from official keys and shapes (heads assume head dim 128)."""
-
-  def get(key):
-    if key not in shapes:
-      raise sio.CheckpointError(
-        f"checkpoint lacks {key!r}: is this a One-to-All denoiser checkpoint (official keys)?"
-      )
-    return shapes[key]
-
-  patch = get("patch_embedding.weight")  # (D, C, 1, p, p)
-  dim = patch[0]
-  head_dim = overrides.pop("head_dim", HEAD_DIM)
-  if dim % head_dim:
-    raise sio.CheckpointError(f"model width {dim} is not a multiple of head dim {head_dim}")
-  hint = _count(shapes, r"^input_hint_block\.down_blocks\.(\d+)\.resnets\.0\.conv1\.conv\.weight$")
-  hint_ch = tuple(
-    get(f"input_hint_block.down_blocks.{d}.resnets.0.conv1.conv.weight")[0] for d in range(hint)
-  )
-  released_time_down = (False, True, True, False)
-  cfg = dict(
-    num_heads=dim // head_dim,
-    head_dim=head_dim,
-    num_layers=_count(shapes, r"^blocks\.(\d+)\.scale_shift_table$"),
-    ffn_dim=get("blocks.0.ffn.net.0.proj.weight")[0],
-    text_dim=get("condition_embedder.text_embedder.linear_1.weight")[1],
-    freq_dim=get("condition_embedder.time_embedder.linear_1.weight")[1],
-    ref_layers=_count(shapes, r"^refextractor\.blocks\.(\d+)\.scale_shift_table$"),
-    pose_layers=_count(shapes, r"^controlnet\.blocks\.(\d+)\.scale_shift_table$"),
-    in_channels=patch[1],
-    ref_in_channels=get("refextractor.patch_embedding.weight")[1],
-    out_channels=get("proj_out.weight")[0] // (patch[3] * patch[4]),
-    patch_size=(patch[2], patch[3], patch[4]),
-    hint_channels=hint_ch,
-    hint_time_down=released_time_down if hint == 4 else tuple(0 < d < 3 for d in range(hint)),
-    cond_channels=get("image_to_cond.conv_in.weight")[0],
-    cond_blocks=_count(shapes, r"^image_to_cond\.down_blocks\.(\d+)\.resnets\.0\.conv1\.weight$"),
-  )
-  cfg.update(overrides)
-  try:
-    return DenoiserConfig(**cfg)
-  except ValueError as e:
-    raise sio.CheckpointError(f"checkpoint implies an invalid architecture: {e}") from e
-
-
-def _dtype_overrides(dtype) -> dict:
-  name = jnp.dtype(dtype).name
-  if name not in ("float32", "bfloat16"):
-    raise ValueError(f"dtype must be float32 or bfloat16, got {name}")
-  return dict(dtype=name, param_dtype=name)
 
 
 def _current_mesh():
@@ -151,7 +75,7 @@ def load_official(
       unexpected or mis-shaped keys (all named, bounded lists). Nothing is loaded partially.
   """
   with sio.TensorSource(path) as src:
-    cfg = infer_config(src.shapes(), **{**_dtype_overrides(dtype), **config_overrides})
+    cfg = infer_config(src.shapes(), **{**dtype_overrides(dtype), **config_overrides})
     abstract = abstract_model(cfg)
     shapes, entries = _shapes_and_entries(abstract)
     expected = {e.key: layout.torch_shape(e, shapes[e.path]) for e in entries}

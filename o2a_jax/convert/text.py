@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from o2a_jax import sharding
-from o2a_jax.convert import safetensors_io as sio
+from o2a_jax.io import safetensors as sio
 from o2a_jax.text.umt5 import UMT5Config, UMT5Encoder, abstract_text_encoder
 
 EMBED_KEYS = ("shared.weight", "encoder.embed_tokens.weight")  # tied; either or both stored

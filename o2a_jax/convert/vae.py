@@ -6,22 +6,36 @@ one.
 converting the `.pth` to safetensors; pickles are refused with the conversion command, never
 opened). The architecture is inferred from the shapes and cross-checked against `config.json` when
 there is one. Keys are checked strictly before anything is loaded: a missing, unexpected or
-mis-shaped key raises `ValueError` naming it."""
+mis-shaped key raises `ValueError` naming it.
+
+`save_vae` writes the diffusers folder layout (weights + `config.json`, atomically), with the
+VAE's own per-channel latent statistics as `latents_mean` / `latents_std` when given;
+`read_latent_stats` reads them back."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from o2a_jax.convert.safetensors_io import CheckpointError, TensorSource, check_keys
-from o2a_jax.json_files import read_json
+from o2a_jax.io.json_files import read_json
+from o2a_jax.io.safetensors import (
+  CheckpointError,
+  TensorSource,
+  atomic_path,
+  check_keys,
+  write_file,
+)
 from o2a_jax.vae.model import VAEConfig, WanVAE
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 _RESIDUAL = {
   "residual.0.gamma": "norm1.gamma",
@@ -302,3 +316,69 @@ def load_vae(path: str | os.PathLike, *, dtype=jnp.float32, precision=None, **ti
   if missing:  # every parameter comes from the file; anything else is a bug here
     raise RuntimeError(f"load_vae left parameters unset: {missing[:12]}")
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+# --- saving: the diffusers folder layout that load_vae reads ----------------------------------
+
+
+def diffusers_config(cfg: VAEConfig, latents_mean=None, latents_std=None) -> dict:
+  d = {
+    "_class_name": "AutoencoderKLWan",
+    "_diffusers_version": "0.33.0",
+    "attn_scales": [],
+    "base_dim": cfg.base_dim,
+    "dim_mult": list(cfg.dim_mult),
+    "dropout": 0.0,
+    "num_res_blocks": cfg.num_res_blocks,
+    "temperal_downsample": list(cfg.temperal_downsample),
+    "z_dim": cfg.z_dim,
+  }
+  if latents_mean is not None:
+    d["latents_mean"] = [float(v) for v in latents_mean]
+    d["latents_std"] = [float(v) for v in latents_std]
+  return d
+
+
+def save_vae(
+  vae: WanVAE, path: str | os.PathLike, *, latents_mean=None, latents_std=None, extra=None
+) -> pathlib.Path:
+  """Writes a diffusers-layout VAE folder (weights + config.json) atomically; replaces `path`.
+
+  `extra`: optional JSON-able dict stored as `training.json` (command, metrics).
+  """
+  if (latents_mean is None) != (latents_std is None):
+    raise ValueError("save_vae: give both latents_mean and latents_std, or neither")
+  path = pathlib.Path(path)
+  tensors = {k: np.asarray(v, np.float32) for k, v in vae_state_dict(vae).items()}
+  items = [(k, v.dtype, v.shape) for k, v in tensors.items()]
+  old = None
+  with atomic_path(path, is_dir=True) as tmp:
+    write_file(tmp / WEIGHTS_NAME, items, tensors.__getitem__, metadata={"format": "pt"})
+    cfg = diffusers_config(vae.cfg, latents_mean, latents_std)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+    if extra is not None:
+      (tmp / "training.json").write_text(json.dumps(extra, indent=1))
+    if path.exists():  # atomic_path renames onto `path`; move an old folder out of the way first
+      old = path.with_name(f".{path.name}.old")
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(path, old)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+  return path
+
+
+def read_latent_stats(path: str | os.PathLike) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(latents_mean, latents_std) from a VAE folder's `config.json` (diffusers field names)."""
+  cfg_path = pathlib.Path(path) / "config.json"
+  if not cfg_path.is_file():
+    raise FileNotFoundError(
+      f"{cfg_path} not found; latent statistics live in the VAE's config.json"
+    )
+  cfg = read_json(cfg_path, "the VAE's config with latents_mean/latents_std")
+  if "latents_mean" not in cfg or "latents_std" not in cfg:
+    raise ValueError(
+      f"{cfg_path} has no latents_mean/latents_std; compute them with "
+      "o2a_jax.puppet.vae_train.latent_stats (or your own) and save with "
+      "save_vae(..., latents_mean=, latents_std=)"
+    )
+  return tuple(cfg["latents_mean"]), tuple(cfg["latents_std"])

@@ -2,10 +2,10 @@
 
 Dims: N frames, H/W height/width, T latent frames, h/w latent height/width.
 
-Each chunk is one `o2a_jax.pipeline.generate_chunk` call (one jitted denoising loop); a chunk that
-starts after frame 0 gets the 5 frames already generated at its start as TokenReplace context
-(re-encoded through the VAE inside `generate_chunk`). As officially, every chunk starts from the
-same seeded noise (spec §5.1). Chunks of equal length share one compiled program.
+Each chunk is one `o2a_jax.sampling.chunk.generate_chunk` call (one jitted denoising loop); a
+chunk that starts after frame 0 gets the 5 frames already generated at its start as TokenReplace
+context (re-encoded through the VAE inside `generate_chunk`). As officially, every chunk starts
+from the same seeded noise (spec §5.1). Chunks of equal length share one compiled program.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from tqdm import tqdm
 
 from o2a_jax.inference.chunks import OVERLAP_FRAMES, Chunk, check_plan, place, plan_chunks
 from o2a_jax.inference.prepare import Prepared, to_model_range
-from o2a_jax.pipeline import generate_chunk
-from o2a_jax.video_io import to_uint8
+from o2a_jax.io.video import to_uint8
+from o2a_jax.sampling.chunk import generate_chunk
+from o2a_jax.vae.strides import latent_shape
 
 
 def chunk_noise(seed: int, frames: int, height: int, width: int) -> np.ndarray:
   """The initial latents (T, h, w, 16) float32 of a chunk of `frames` frames."""
-  t = (frames - 1) // 4 + 1
-  return np.asarray(jax.random.normal(jax.random.key(seed), (t, height // 8, width // 8, 16)))
+  return np.asarray(jax.random.normal(jax.random.key(seed), latent_shape(frames, height, width)))
 
 
 def chunk_poses(poses: np.ndarray, chunk: Chunk) -> np.ndarray:

@@ -26,9 +26,12 @@ import dataclasses
 
 import numpy as np
 
+from o2a_jax.sampling.chunk import CONTEXT_FRAMES, CONTEXT_LATENTS
+from o2a_jax.vae.strides import pixel_frames
+
 MAIN_CHUNK = 81
-OVERLAP_FRAMES = 5  # TokenReplace context: 5 pixel frames = 2 latent frames
-MIN_CONTEXT_CHUNK = 9  # a TokenReplace chunk needs more than 2 latent frames
+OVERLAP_FRAMES = CONTEXT_FRAMES  # TokenReplace context: 5 pixel frames = 2 latent frames
+MIN_CONTEXT_CHUNK = pixel_frames(CONTEXT_LATENTS + 1)  # 9: more than the context's latent frames
 FINAL_CHUNK_CANDIDATES = (65, 69, 73, 77, 81)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from o2a_jax.cli_types import dtype_name
 from o2a_jax.inference.prepare import MAX_SHORT, MODES
-from o2a_jax.output_paths import check_output
+from o2a_jax.io.output_paths import check_output
 
 EPILOG = __doc__.replace("```\n", "")  # the module docstring, without its Markdown fences
 
@@ -269,7 +269,7 @@ def _driving(args, ref_hw, *, progress: bool):
   """Driving poses (Poses) at the reference size, and the source fps."""
   from o2a_jax.inference.load import read_pose_file
   from o2a_jax.inference.prepare import Poses, frame_indices, resize_crop
-  from o2a_jax.video_io import read_video
+  from o2a_jax.io.video import read_video
 
   if _is_pose_file(args.driving):
     poses = read_pose_file(args.driving)
@@ -342,6 +342,7 @@ def _load_models(args, *, progress: bool):
   import jax.numpy as jnp
   from tqdm import tqdm
 
+  from kernels.attention import context_parallel
   from o2a_jax import sharding
   from o2a_jax.convert import load_vae
   from o2a_jax.inference import load, sharded
@@ -351,7 +352,7 @@ def _load_models(args, *, progress: bool):
   mesh = None
   if args.mesh:
     mesh = sharding.make_mesh(sharded.parse_mesh(args.mesh))
-    impl = sharded.register_context_parallel(impl or "xla", args.context_parallel)
+    impl = context_parallel.register_context_parallel(impl or "xla", args.context_parallel)
     stack.enter_context(jax.set_mesh(mesh))
   with tqdm(desc="loading denoiser", unit="tensor", disable=not progress) as bar:
     model = load.load_denoiser(
@@ -383,7 +384,10 @@ def _sample(args, model, vae, mesh, inputs, *, reproduce_official=False, progres
   if mesh is not None:
     hh, ww = inputs.image.shape[:2]
     sharded.check_sampling_mesh(
-      mesh, passes=passes, num_heads=model.cfg.num_heads, tokens_per_frame=(hh // 16) * (ww // 16)
+      mesh,
+      passes=passes,
+      num_heads=model.cfg.num_heads,
+      tokens_per_frame=model.cfg.tokens_per_frame(hh, ww),
     )
   return generate_video(
     model,
@@ -403,7 +407,7 @@ def _sample(args, model, vae, mesh, inputs, *, reproduce_official=False, progres
 
 
 def _write(args, video, poses, fps):
-  from o2a_jax.video_io import side_by_side, write_video
+  from o2a_jax.io.video import side_by_side, write_video
 
   if args.side_by_side:
     video = side_by_side(poses, video)
@@ -415,7 +419,7 @@ def _write(args, video, poses, fps):
 
 
 def run_animate(args) -> int:
-  from o2a_jax.video_io import read_image
+  from o2a_jax.io.video import read_image
 
   progress = not args.no_progress
   _check_sampling_args(args)
@@ -449,7 +453,7 @@ def run_animate(args) -> int:
 def run_transfer(args) -> int:
   from o2a_jax.inference.load import read_pose_file
   from o2a_jax.inference.prepare import Poses
-  from o2a_jax.video_io import read_image
+  from o2a_jax.io.video import read_image
 
   progress = not args.no_progress
   _check_sampling_args(args)
@@ -479,8 +483,8 @@ def run_extract(args) -> int:
   from o2a_jax import pose as pose_lib
   from o2a_jax.inference.load import write_pose_npy
   from o2a_jax.inference.prepare import frame_indices
+  from o2a_jax.io.video import read_video
   from o2a_jax.pose.coco import dwpose_from_meta, metas_from_kp133
-  from o2a_jax.video_io import read_video
 
   out = pathlib.Path(args.out)
   if out.suffix not in (".json", ".npy"):
@@ -511,7 +515,7 @@ def run_render(args) -> int:
   from o2a_jax import pose as pose_lib
   from o2a_jax.inference.load import read_pose_file
   from o2a_jax.inference.prepare import driving_dicts, frame_indices
-  from o2a_jax.video_io import write_video
+  from o2a_jax.io.video import write_video
 
   out = pathlib.Path(args.out)
   if out.suffix.lower() not in (".mp4", ".gif", ".png", ""):

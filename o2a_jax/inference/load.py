@@ -21,7 +21,7 @@ import pathlib
 import numpy as np
 
 from o2a_jax.inference.prepare import Poses
-from o2a_jax.output_paths import publish_mode
+from o2a_jax.io.output_paths import publish_mode
 
 ZEROS_TEXT_LENGTH = 512  # the inference prompt length
 
@@ -79,7 +79,7 @@ def _read_embeds_file(path: pathlib.Path, text_dim: int) -> dict[str, np.ndarray
         if key in z:
           out["negative" if key.startswith("negative") else "text"] = np.asarray(z[key])
   elif path.suffix == ".safetensors":
-    from o2a_jax.convert import safetensors_io as sio
+    from o2a_jax.io import safetensors as sio
 
     with sio.TensorSource(path) as src:
       if "embeds" in src:

@@ -7,8 +7,8 @@ The denoiser names its parameter axes (`embed`, `heads`, `mlp`) and constrains i
 are opaque to automatic partitioning, so the attention calls go through the context-parallel
 wrappers of `kernels/attention/context_parallel.py` (Ulysses all-to-all or all-gathered K/V)
 around the chosen kernel. They are registered as extra attention implementations named
-`cp_<strategy>:<impl>` (`register_context_parallel`), which the model selects through its
-`attn_impl` config field like any other implementation.
+`cp_<strategy>:<impl>` (`kernels.attention.context_parallel.register_context_parallel`), which
+the model selects through its `attn_impl` config field like any other implementation.
 
 Text cross-attention keys are not token-sharded (the prompt is short and its length need not
 divide the context axis): there queries stay sharded and the text keys/values are replicated.
@@ -20,76 +20,11 @@ wrappers shard it over (`data`, `fsdp`), so those axes must divide it: sample on
 
 from __future__ import annotations
 
-import functools
-
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from kernels.attention import _lookup, compat, register, registered
-from kernels.attention import context_parallel as cp
 from o2a_jax import sharding
-
-PREFIX = "cp_"
-
-
-def _cross_attention(q, k, v, *, impl, mesh=None):
-  """Queries token-sharded, keys/values replicated over `context` (text cross-attention)."""
-  mesh = cp._mesh(mesh)
-  x = P(cp.BATCH_AXES, cp.SEQ_AXIS, cp.HEAD_AXIS, None)
-  kv = P(cp.BATCH_AXES, None, cp.HEAD_AXIS, None)
-  fn = _lookup(impl)[0]
-  return compat.shard_map(
-    lambda q, k, v: fn(q, k, v, q_rope=None, k_rope=None),
-    mesh=mesh,
-    in_specs=(x, kv, kv),
-    out_specs=x,
-  )(q, k, v)
-
-
-def _attention(q, k, v, *, q_rope=None, k_rope=None, impl, strategy):
-  if q_rope is None and k_rope is None:
-    return _cross_attention(q, k, v, impl=impl)
-  return cp.attention(q, k, v, q_rope=q_rope, k_rope=k_rope, impl=impl, strategy=strategy)
-
-
-def _hybrid(q, k, v, k_ref, v_ref, *, q_rope, k_rope, q_ref_rope, k_ref_rope, impl, strategy):
-  return cp.hybrid_attention(
-    q,
-    k,
-    v,
-    k_ref,
-    v_ref,
-    q_rope=q_rope,
-    k_rope=k_rope,
-    q_ref_rope=q_ref_rope,
-    k_ref_rope=k_ref_rope,
-    impl=impl,
-    strategy=strategy,
-  )
-
-
-def register_context_parallel(impl: str = "xla", strategy: str = "allgather") -> str:
-  """Registers `cp_<strategy>:<impl>` as an attention implementation; returns its name.
-
-  Use the name as the model's `attn_impl` (e.g. `load_native(path, attn_impl=name)` under
-  `jax.set_mesh(mesh)`). Idempotent.
-  """
-  if strategy not in cp.STRATEGIES:
-    raise ValueError(
-      f"unknown context-parallel strategy {strategy!r}; choose one of {cp.STRATEGIES}"
-    )
-  if impl.startswith(PREFIX):
-    raise ValueError(f"attention impl {impl!r} is already context-parallel")
-  _lookup(impl)  # a clear error for an unknown base implementation
-  name = f"{PREFIX}{strategy}:{impl}"
-  if name not in registered():
-    register(
-      name,
-      functools.partial(_attention, impl=impl, strategy=strategy),
-      functools.partial(_hybrid, impl=impl, strategy=strategy),
-    )
-  return name
 
 
 def parse_mesh(text: str) -> tuple[int, ...]:

@@ -119,6 +119,10 @@ class DenoiserConfig:
     """Pixel-to-token stride of the pose encoder (must equal VAE 8 x patch 2)."""
     return 2 ** len(self.hint_channels)
 
+  def tokens_per_frame(self, height: int, width: int) -> int:
+    """Tokens of one latent frame of an H x W pixel clip (H/16 x W/16 as released)."""
+    return (height // self.spatial_down) * (width // self.spatial_down)
+
   @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)

@@ -36,6 +36,7 @@ from o2a_jax.layers.norms import layer_norm_f32, param
 from o2a_jax.model import stack
 from o2a_jax.model.config import DenoiserConfig
 from o2a_jax.model.extractor import ReferenceExtractor
+from o2a_jax.vae.strides import latent_frames, pixel_frames
 
 TOKEN_REPLACE_FRAMES = 2  # latent frames after the prefix that TokenReplace keeps clean
 
@@ -119,8 +120,8 @@ class Denoiser(nnx.Module):
     frames = pose_video.shape[1] if pose_video.ndim == 5 else -1
     if pose_video.ndim != 5 or pose_video.shape[0] != b or pose_video.shape[2:] != (hp, wp, 3):
       fail("pose_video", pose_video, f"({b}, F, {hp}, {wp}, 3)")
-    if (frames - 1) // 4 + 1 != t or frames < 1:
-      fail("pose_video", pose_video, f"F frames with (F - 1) // 4 + 1 == T = {t} (F = {4 * t - 3})")
+    if latent_frames(frames) != t or frames < 1:
+      fail("pose_video", pose_video, f"F = {pixel_frames(t)} frames for T = {t} latent frames")
     if ref_pose.shape != (b, 1, hp, wp, 3):
       fail("ref_pose", ref_pose, f"({b}, 1, {hp}, {wp}, 3)")
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from o2a_jax.output_paths import publish_mode
+from o2a_jax.io.output_paths import publish_mode
 from o2a_jax.pose.coco import check_kp133
 from o2a_jax.pose.schema import as_pose
 

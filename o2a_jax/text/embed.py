@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from o2a_jax.convert import safetensors_io as sio
+from o2a_jax.io import safetensors as sio
 from o2a_jax.text.tokenizer import Tokenizer, prompt_clean
 
 # Spec §2.8: the demo's negative prompt (the reproduce scripts omit "black background, ").

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from o2a_jax.json_files import read_json
+from o2a_jax.io.json_files import read_json
 
 
 def prompt_clean(text: str) -> str:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from o2a_jax.error_text import first_line
+from o2a_jax.io.error_text import first_line
 
 # --- state <-> nested dict ---------------------------------------------------------------------
 

@@ -157,7 +157,7 @@ def run(args) -> int:
     raise ValueError("--workdir is required")
   check_config_values(config)
   if "://" not in fv.workdir:  # local folders: checked now, not at the first checkpoint
-    from o2a_jax.output_paths import check_writable
+    from o2a_jax.io.output_paths import check_writable
 
     check_writable(fv.workdir, flag="--workdir", folder=True)
   _initialize_distributed(fv)

@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from o2a_jax.convert import official_layout as layout
-from o2a_jax.convert import safetensors_io as sio
 from o2a_jax.convert.official import abstract_model
+from o2a_jax.io import safetensors as sio
+from o2a_jax.model import param_names as layout
 from o2a_jax.model.config import DenoiserConfig
 from o2a_jax.model.denoiser import Denoiser
 

@@ -19,6 +19,7 @@ import pathlib
 import jax
 
 from o2a_jax.model.config import DenoiserConfig
+from o2a_jax.vae.strides import latent_shape
 
 # Dense bf16 peak TFLOP/s per device (vendor figures, no sparsity).
 PEAK_TFLOPS = {
@@ -93,8 +94,7 @@ def denoiser_flops(
   Returns a dict of parts and `total`.
   """
   d, f_mlp, p = cfg.dim, cfg.ffn_dim, cfg.patch_size[1]
-  t = (frames - 1) // 4 + 1
-  h, w = height // 8, width // 8
+  t, h, w, _ = latent_shape(frames, height, width)
   n = (h // p) * (w // p)  # tokens per latent frame
   prefix = getattr(cfg, "prefix_frame", True)
   pose = getattr(cfg, "pose_branch", True)

@@ -28,7 +28,7 @@ import ml_collections as mlc
 import optax
 from flax import nnx
 
-from o2a_jax.convert import official_layout as layout
+from o2a_jax.model import param_names as layout
 
 OPTIMIZERS = ("adamw", "adam_l2")
 DECAY_MASKS = ("auto", "all", "matrices")

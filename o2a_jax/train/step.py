@@ -45,6 +45,7 @@ from o2a_jax.model.denoiser import TOKEN_REPLACE_FRAMES
 from o2a_jax.train import loss as L
 from o2a_jax.train import optim, trainable
 from o2a_jax.vae.model import LATENTS_MEAN, LATENTS_STD
+from o2a_jax.vae.strides import latent_frames
 
 POSE_SCALE_RULES = ("per_sample", "official_batch")
 
@@ -243,7 +244,7 @@ def make_train_step(
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     b, f, _, _ = check_batch(batch)
-    t_lat = (f - 1) // 4 + 1
+    t_lat = latent_frames(f)
     vae = nnx.merge(graphs.vae, state.vae)
     x0, ref_latents = encode_batch(vae, batch, latents_mean=latents_mean, latents_std=latents_std)
     rng, k_u, k_noise, k_tr = jax.random.split(state.rng, 4)

@@ -18,7 +18,7 @@ import grain
 import ml_collections as mlc
 import numpy as np
 
-from data_pipeline.batch import latent_frames
+from o2a_jax.vae.strides import latent_frames
 
 
 def make_sample(index: int, *, frames: int, height: int, width: int, seed: int) -> dict:

@@ -3,7 +3,7 @@
 The official trainers mark a parameter trainable when any of the stage's `--training_modules`
 substrings occurs in its `named_parameters()` name, and additionally the whole reference
 extractor (and, in stages 2/3, the whole pose branch) (T1:601-602, T2:588-605). Here the same
-rules run on the official key names of our parameters (`o2a_jax.convert.official_layout`), so
+rules run on the official key names of our parameters (`o2a_jax.model.param_names`), so
 the sets are the spec's by construction. A stacked parameter (one array for all layers of a
 block stack) must be trainable in every layer or in none; anything else raises.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from o2a_jax.convert import official_layout as layout
+from o2a_jax.model import param_names as layout
 
 # `--training_modules` of the shell scripts plus the modules the trainers add whole.
 STAGE_MODULES: dict[int, tuple[str, ...]] = {

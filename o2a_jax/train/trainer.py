@@ -41,11 +41,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from data_pipeline.batch import check_batch, latent_frames
+from data_pipeline.batch import check_batch
 from o2a_jax import config_lib, sharding
 from o2a_jax.train import checkpoints as ckpt_lib
 from o2a_jax.train import metrics as metrics_lib
 from o2a_jax.train import step as step_lib
+from o2a_jax.vae.strides import latent_frames, latent_shape
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def init_format(path: str) -> str:
   p = pathlib.Path(path)
   if (p / "params").is_dir() and (p / "config").is_dir():
     return "native"
-  from o2a_jax.convert import safetensors_io as sio
+  from o2a_jax.io import safetensors as sio
 
   with sio.TensorSource(p) as src:
     keys = list(src.shapes())
@@ -166,7 +167,7 @@ def attention_impl(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> str:
   impl = config.model.attn_impl
   if mesh.shape["context"] == 1:
     return impl
-  from o2a_jax.inference.sharded import register_context_parallel
+  from kernels.attention.context_parallel import register_context_parallel
 
   return register_context_parallel(impl, config.train.get("context_parallel", "allgather"))
 
@@ -200,10 +201,10 @@ def check_context_parallel(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> N
       )
 
 
-def check_tokens_divide(mesh: jax.sharding.Mesh, height: int, width: int) -> None:
+def check_tokens_divide(mesh: jax.sharding.Mesh, cfg, height: int, width: int) -> None:
   """The tokens of one latent frame must split evenly over the context axis."""
   ctx = mesh.shape["context"]
-  per_frame = (height // 16) * (width // 16)
+  per_frame = cfg.tokens_per_frame(height, width)
   if per_frame % ctx:
     raise ValueError(
       f"clips of {height}x{width} have {per_frame} tokens per latent frame (H/16 x W/16), which "
@@ -276,7 +277,7 @@ def text_embeds(config: mlc.ConfigDict) -> np.ndarray:
   if p.suffix == ".npy":
     arr = np.load(p, allow_pickle=False)
   else:
-    from o2a_jax.convert import safetensors_io as sio
+    from o2a_jax.io import safetensors as sio
 
     with sio.TensorSource(p) as src:
       keys = list(src.shapes())
@@ -481,7 +482,7 @@ def train(
       gb, f, h, w = shape
       sps = window_n / (now - window_t)
       rec["steps_per_s"] = sps
-      rec["tokens_per_s"] = sps * gb * latent_frames(f) * (h // 16) * (w // 16)
+      rec["tokens_per_s"] = sps * gb * latent_frames(f) * cfg.tokens_per_frame(h, w)
       if peak:
         rec["mfu"] = sps * flops_cache[shape] / (jax.device_count() * peak * 1e12)
     history.append(rec)
@@ -509,7 +510,7 @@ def train(
       while it < tcfg.steps:
         local = next(data)
         b, f, h, w = check_batch(local)
-        check_tokens_divide(mesh, h, w)  # every batch: buckets differ in size
+        check_tokens_divide(mesh, cfg, h, w)  # every batch: buckets differ in size
         batch = global_batch(local, bsh)
         # Under the mesh, the model's activation constraints and the context-parallel attention
         # wrappers see it (outside it they are no-ops or fail).
@@ -549,7 +550,8 @@ def write_samples(config, graphs, state, local: dict, folder: pathlib.Path, step
   """A cheap preview: the first sample of the batch denoised in a few steps, as an MP4."""
   from flax import nnx
 
-  from o2a_jax import pipeline, video_io
+  from o2a_jax.io import video as video_io
+  from o2a_jax.sampling import chunk as pipeline
 
   if jax.process_count() > 1:
     # Every process must run the sampler on the same inputs: process 0's first sample.
@@ -560,7 +562,7 @@ def write_samples(config, graphs, state, local: dict, folder: pathlib.Path, step
   f, h, w = local["video"].shape[1:4]
   cfg = model.cfg
   key = jax.random.key(step)
-  noise = jax.random.normal(key, (latent_frames(f), h // 8, w // 8, cfg.in_channels))
+  noise = jax.random.normal(key, latent_shape(f, h, w)[:3] + (cfg.in_channels,))
   text = state.text[0]
   ref = np.asarray(local["ref_image"][0, 0])
   frames = pipeline.generate_chunk(

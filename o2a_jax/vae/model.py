@@ -80,7 +80,7 @@ def normalize(mean: jax.Array, *, latents_mean=LATENTS_MEAN, latents_std=LATENTS
 
   `latents_mean`/`latents_std`: per-channel statistics; the Wan2.1 constants by default, a trained
   VAE's own ones otherwise (its config.json `latents_mean`/`latents_std`,
-  `o2a_jax.vae.train.read_latent_stats`).
+  `o2a_jax.convert.vae.read_latent_stats`).
   """
   mu, sigma = _stats(latents_mean, latents_std, mean.shape[-1])
   return ((mean.astype(jnp.float32) - mu) / sigma).astype(mean.dtype)

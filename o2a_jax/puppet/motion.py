@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipeline.puppets.skeleton import ANGLE_KEYS, REST
+from o2a_jax.puppet.skeleton import ANGLE_KEYS, REST
 
 MOTIONS = ("walk", "wave", "turn", "dance")
 

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from data_pipeline.puppets.skeleton import Proportions
+from o2a_jax.puppet.skeleton import Proportions
 
 Color = tuple[int, int, int]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import ml_dtypes
 import numpy as np
 
-from o2a_jax.output_paths import publish_mode
+from o2a_jax.io.output_paths import publish_mode
 
 _DTYPES = {
   "F64": np.dtype(np.float64),

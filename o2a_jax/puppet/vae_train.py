@@ -18,7 +18,7 @@ clamps as the reference does.
 Optimiser: optax Adam with global-norm clipping and a warm-up + cosine schedule, one jitted step
 (`make_step`), parameters and optimiser state donated.
 
-Saving (`save_vae`): a folder in the diffusers `AutoencoderKLWan` layout that
+Saving (`o2a_jax.convert.vae.save_vae`): a folder in the diffusers `AutoencoderKLWan` layout that
 `o2a_jax.convert.load_vae` reads: `diffusion_pytorch_model.safetensors` (diffusers keys, PyTorch
 layouts, float32) and `config.json` with the constructor arguments plus `latents_mean` /
 `latents_std`, the per-channel statistics of the posterior means (diffusers stores the Wan
@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
-import pathlib
 import time
 from collections.abc import Iterator
 
@@ -42,10 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from o2a_jax.json_files import read_json
 from o2a_jax.vae.model import VAEConfig, WanVAE
-
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,73 +386,3 @@ def latent_stats(vae: WanVAE, clips: list[np.ndarray]) -> tuple[list[float], lis
   zs = [np.asarray(encode_mean(vae, c[None].astype(np.float32) / 127.5 - 1.0)) for c in clips]
   flat = np.concatenate([z.reshape(-1, z.shape[-1]) for z in zs]).astype(np.float64)
   return [float(v) for v in flat.mean(0)], [float(v) for v in flat.std(0)]
-
-
-# --- saving --------------------------------------------------------------------------------------
-
-
-def diffusers_config(cfg: VAEConfig, latents_mean=None, latents_std=None) -> dict:
-  d = {
-    "_class_name": "AutoencoderKLWan",
-    "_diffusers_version": "0.33.0",
-    "attn_scales": [],
-    "base_dim": cfg.base_dim,
-    "dim_mult": list(cfg.dim_mult),
-    "dropout": 0.0,
-    "num_res_blocks": cfg.num_res_blocks,
-    "temperal_downsample": list(cfg.temperal_downsample),
-    "z_dim": cfg.z_dim,
-  }
-  if latents_mean is not None:
-    d["latents_mean"] = [float(v) for v in latents_mean]
-    d["latents_std"] = [float(v) for v in latents_std]
-  return d
-
-
-def save_vae(
-  vae: WanVAE, path: str | os.PathLike, *, latents_mean=None, latents_std=None, extra=None
-) -> pathlib.Path:
-  """Writes a diffusers-layout VAE folder (weights + config.json) atomically; replaces `path`.
-
-  `extra`: optional JSON-able dict stored as `training.json` (command, metrics).
-  """
-  import shutil
-
-  from o2a_jax.convert.safetensors_io import atomic_path, write_file
-  from o2a_jax.convert.vae import vae_state_dict
-
-  if (latents_mean is None) != (latents_std is None):
-    raise ValueError("save_vae: give both latents_mean and latents_std, or neither")
-  path = pathlib.Path(path)
-  tensors = {k: np.asarray(v, np.float32) for k, v in vae_state_dict(vae).items()}
-  items = [(k, v.dtype, v.shape) for k, v in tensors.items()]
-  old = None
-  with atomic_path(path, is_dir=True) as tmp:
-    write_file(tmp / WEIGHTS_NAME, items, tensors.__getitem__, metadata={"format": "pt"})
-    cfg = diffusers_config(vae.cfg, latents_mean, latents_std)
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
-    if extra is not None:
-      (tmp / "training.json").write_text(json.dumps(extra, indent=1))
-    if path.exists():  # atomic_path renames onto `path`; move an old folder out of the way first
-      old = path.with_name(f".{path.name}.old")
-      shutil.rmtree(old, ignore_errors=True)
-      os.replace(path, old)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
-  return path
-
-
-def read_latent_stats(path: str | os.PathLike) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """(latents_mean, latents_std) from a VAE folder's `config.json` (diffusers field names)."""
-  cfg_path = pathlib.Path(path) / "config.json"
-  if not cfg_path.is_file():
-    raise FileNotFoundError(
-      f"{cfg_path} not found; latent statistics live in the VAE's config.json"
-    )
-  cfg = read_json(cfg_path, "the VAE's config with latents_mean/latents_std")
-  if "latents_mean" not in cfg or "latents_std" not in cfg:
-    raise ValueError(
-      f"{cfg_path} has no latents_mean/latents_std; compute them with "
-      "o2a_jax.vae.train.latent_stats and save with save_vae(..., latents_mean=, latents_std=)"
-    )
-  return tuple(cfg["latents_mean"]), tuple(cfg["latents_std"])

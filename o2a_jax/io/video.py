@@ -16,7 +16,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from o2a_jax.output_paths import publish_mode
+from o2a_jax.io.output_paths import publish_mode
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -3,7 +3,7 @@
 By default it encodes the empty prompt and the default negative prompt (spec §2.8) at the inference
 length 512, so that sampling never needs the 11 GB text encoder for them. Wire it into the `o2a`
 parser with `add_parser(subparsers)`; the registered command sets `func`, called as `func(args)`.
-Also runnable alone: `python -m o2a_jax.text.cli text embed --help`.
+Also runnable alone: `python -m o2a_jax.inference.text_cli text embed --help`.
 """
 
 from __future__ import annotations

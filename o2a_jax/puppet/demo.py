@@ -15,7 +15,7 @@ poses), so the demo reports PSNR and SSIM of the result against it, next to two 
   metrics.json                    the figures printed at the end
 
 The latent statistics are the puppet VAE's own (its config.json), as in training
-(`o2a_jax.puppets_eval.StatsVAE`); the prompt is the empty prompt, zeros as in training.
+(`o2a_jax.puppet.evaluate.StatsVAE`); the prompt is the empty prompt, zeros as in training.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from o2a_jax.output_paths import check_output
+from o2a_jax.io.output_paths import check_output
 
 DEFAULT_INDEX = 15  # held-out clip: a walking full-body puppet driven from a half-body still
 
@@ -62,8 +62,8 @@ def _up(video: np.ndarray, k: int) -> np.ndarray:
 
 
 def run(args) -> int:
-  from o2a_jax import puppets_eval as E
-  from o2a_jax import video_io
+  from o2a_jax.io import video as video_io
+  from o2a_jax.puppet import evaluate as E
 
   if args.frames < 9:
     raise ValueError(f"--frames must be at least 9, got {args.frames}")

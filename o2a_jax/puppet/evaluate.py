@@ -30,12 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from o2a_jax.sampling.chunk import CONTEXT_FRAMES
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "assets" / "puppet_model"
 VAE_DIR = REPO / "assets" / "puppet_vae"  # the VAE whose latent space the denoiser learned
 VAE_HASH_FILE = "vae_sha256.txt"  # in the model folder: sha256 of the VAE weights it was trained on
 TEXT_LEN = 7  # the `puppet` config's empty-prompt embedding: zeros of (7, text_dim)
-CONTEXT = 5  # TokenReplace context frames
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class StatsVAE:
 def load_puppet_models(model_dir=MODEL_DIR, vae_dir=VAE_DIR):
   """(denoiser, StatsVAE) float32 from the shipped folders (or the given ones)."""
   from o2a_jax.convert import load_official, load_vae
-  from o2a_jax.vae.train import read_latent_stats
+  from o2a_jax.convert.vae import read_latent_stats
 
   for what, p in (("puppet model", model_dir), ("puppet VAE", vae_dir)):
     if not pathlib.Path(p).is_dir():
@@ -144,7 +145,7 @@ def load_puppet_models(model_dir=MODEL_DIR, vae_dir=VAE_DIR):
 def vae_sha256(vae_dir) -> str:
   import hashlib
 
-  from o2a_jax.vae.train import WEIGHTS_NAME
+  from o2a_jax.convert.vae import WEIGHTS_NAME
 
   return hashlib.sha256((pathlib.Path(vae_dir) / WEIGHTS_NAME).read_bytes()).hexdigest()
 
@@ -189,10 +190,10 @@ def heldout_case(
   """Held-out clip `index` of the world (seed, size), rendered on the fly (no files needed).
 
   Held-out puppets are drawn from their own random stream: neither the VAE nor the denoiser saw
-  them (`data_pipeline.puppets.world`). `reference_background`: the misaligned reference in front
+  them (`o2a_jax.puppet.world`). `reference_background`: the misaligned reference in front
   of the clip's scene ("same") or of an independent background ("new", worlds before that option).
   """
-  from data_pipeline.puppets.world import WorldConfig, make_video
+  from o2a_jax.puppet.world import WorldConfig, make_video
 
   cfg = WorldConfig(seed=seed, videos=1, images=0, heldout=16, height=size, width=size,
                     frames=frames, reference_background=reference_background)  # fmt: skip
@@ -239,8 +240,8 @@ def chunk_plan(n: int, chunk: int):
     raise ValueError(f"chunk must be 4k+1 frames and at least 9, got {chunk}")
   chunks = [Chunk(0, chunk, 0)]
   while chunks[-1].end < n:
-    s = chunks[-1].end - CONTEXT
-    chunks.append(Chunk(s, s + chunk, s + CONTEXT))
+    s = chunks[-1].end - CONTEXT_FRAMES
+    chunks.append(Chunk(s, s + chunk, s + CONTEXT_FRAMES))
   return chunks
 
 
@@ -267,8 +268,8 @@ def animate(
   from o2a_jax.inference.animate import chunk_noise, chunk_poses
   from o2a_jax.inference.chunks import place
   from o2a_jax.inference.prepare import to_model_range
-  from o2a_jax.pipeline import generate_chunk
-  from o2a_jax.video_io import to_uint8
+  from o2a_jax.io.video import to_uint8
+  from o2a_jax.sampling.chunk import generate_chunk
 
   poses = np.asarray(inputs.poses)
   n, hh, ww = poses.shape[:3]
@@ -283,7 +284,7 @@ def animate(
   with tqdm(total=steps * len(chunks), desc="denoising", unit="step", disable=not progress) as bar:
     for i, c in enumerate(chunks):
       bar.set_description(f"denoising chunk {i + 1}/{len(chunks)}")
-      prev = video[c.start : c.start + CONTEXT].copy() if c.context else None
+      prev = video[c.start : c.start + CONTEXT_FRAMES].copy() if c.context else None
       out = generate_chunk(
         model, vae, image, mask, to_model_range(chunk_poses(poses, c)), ref_pose, text, text,
         chunk_noise(seed, c.frames, hh, ww), steps=steps, shift=shift,

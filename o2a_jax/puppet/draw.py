@@ -14,8 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data_pipeline.puppets import skeleton as S
-from data_pipeline.puppets.spec import Framing, PartStyle, PuppetSpec
+from o2a_jax.puppet import skeleton as S
+from o2a_jax.puppet.spec import Framing, PartStyle, PuppetSpec
 
 PART_NAMES = (
   "background", "torso", "head", "hair", "upper_arm_l", "upper_arm_r", "forearm_l", "forearm_r",

@@ -48,13 +48,13 @@ import tempfile
 
 import numpy as np
 
-from data_pipeline.puppets import draw as D
-from data_pipeline.puppets import skeleton as S
-from data_pipeline.puppets.motion import MOTIONS, make_motion, still
-from data_pipeline.puppets.spec import Background, Framing, PuppetSpec
 from data_pipeline.records import write_bytes_atomic
-from o2a_jax import video_io
-from o2a_jax.output_paths import publish_mode
+from o2a_jax.io import video as video_io
+from o2a_jax.io.output_paths import publish_mode
+from o2a_jax.puppet import draw as D
+from o2a_jax.puppet import skeleton as S
+from o2a_jax.puppet.motion import MOTIONS, make_motion, still
+from o2a_jax.puppet.spec import Background, Framing, PuppetSpec
 
 VIDEO_COLUMNS = (
   "path", "pose_path", "height", "width", "fps", "num_frames", "start_frame", "end_frame",
@@ -292,7 +292,7 @@ def write_mp4_444(path: pathlib.Path, frames: np.ndarray, fps: float, crf: int) 
   """H.264 in full-resolution chroma (yuv444p), atomically.
 
   yuv420p's half-resolution chroma caps a 64x64 puppet clip at about 31 dB PSNR (small coloured
-  parts bleed); 4:4:4 at CRF 12 gives about 42 dB. `o2a_jax.video_io.read_video` reads it.
+  parts bleed); 4:4:4 at CRF 12 gives about 42 dB. `o2a_jax.io.video.read_video` reads it.
   """
   video_io.write_video(path, frames, fps, quality=crf, chroma="444")
 
@@ -322,7 +322,7 @@ def _video_row(out: pathlib.Path, name: str, clip: Clip, cfg: WorldConfig) -> di
 
 
 def _image(out: pathlib.Path, name: str, clip: Clip) -> str:
-  from o2a_jax.video_io import write_video
+  from o2a_jax.io.video import write_video
 
   h, w = clip.frames.shape[1:3]
   write_video(out / "images" / f"{name}.png", clip.frames[:1])
