@@ -47,6 +47,17 @@ def test_chunk_plans_any_length():
   assert [(c.start, c.end) for c in ch.plan_chunks(10)] == [(0, 13)]  # padded, then cropped
 
 
+def test_fixed_chunk_plans():
+  assert [(c.start, c.end) for c in ch.fixed_chunks(29, 17)] == [(0, 17), (12, 29)]
+  assert [(c.start, c.end) for c in ch.fixed_chunks(30, 17)] == [(0, 17), (12, 29), (24, 41)]
+  for n in range(1, 60):
+    ch.check_plan(ch.fixed_chunks(n, 17), n)  # only the last chunk pads past the end
+  with pytest.raises(ValueError, match="4k\\+1"):
+    ch.fixed_chunks(30, 16)
+  with pytest.raises(ValueError, match="runs past"):
+    ch.check_plan([ch.Chunk(0, 17, 0), ch.Chunk(12, 33, 17), ch.Chunk(28, 45, 33)], 30)
+
+
 def test_official_chunk_plan():
   plan = ch.plan_chunks(81, reproduce_official=True)
   assert [(c.start, c.end, c.write_start) for c in plan] == [(0, 81, 0), (16, 81, 16)]

@@ -245,3 +245,29 @@ def test_cli_text_embed(tiny, tmp_path, capsys, io):
   hit = T.EmbeddingCache(tmp_path).get(enc, "", 12)
   assert rel(hit, io["pipeline.12.embeds"][0]) < TOL
   assert T.EmbeddingCache(tmp_path).get(enc, T.DEFAULT_NEGATIVE_PROMPT, 12) is not None
+
+
+def test_embeddings_file_formats_and_errors(tmp_path):
+  from o2a_jax.io.safetensors import save_dict
+  from o2a_jax.text.embeddings_file import read_embeddings
+
+  a = np.arange(12, dtype=np.float32).reshape(3, 4)
+  np.save(tmp_path / "e.npy", a[None])
+  np.savez(tmp_path / "e.npz", text_embeds=a, negative_text_embeds=-a)
+  save_dict(tmp_path / "cache.safetensors", {"embeds": a})
+  save_dict(tmp_path / "one.safetensors", {"whatever": a})
+  save_dict(tmp_path / "two.safetensors", {"x": a, "y": a})
+  assert np.array_equal(read_embeddings(tmp_path / "e.npy", 4)["text"], a)
+  got = read_embeddings(tmp_path / "e.npz", 4)
+  assert np.array_equal(got["text"], a) and np.array_equal(got["negative"], -a)
+  for name in ("cache.safetensors", "one.safetensors"):
+    assert np.array_equal(read_embeddings(tmp_path / name, 4)["text"], a)
+  with pytest.raises(ValueError, match=r"two.safetensors.*2 tensors"):
+    read_embeddings(tmp_path / "two.safetensors", 4)
+  with pytest.raises(ValueError, match=r"e.npy.*needs \(S, 5\)"):
+    read_embeddings(tmp_path / "e.npy", 5)
+  with pytest.raises(FileNotFoundError, match="nope.npy"):
+    read_embeddings(tmp_path / "nope.npy", 4)
+  (tmp_path / "e.txt").write_text("1 2 3")
+  with pytest.raises(ValueError, match=r"e.txt.*\.npy"):
+    read_embeddings(tmp_path / "e.txt", 4)

@@ -300,7 +300,7 @@ def restore_on_2x4(built, reference, tmp_path):
 
   _, initial = built
   mesh = sharding.make_mesh((2, 4, 1, 1))
-  shardings = trainer.state_shardings(initial, mesh, trainer.rules(loop_config()))
+  shardings = step_lib.state_shardings(initial, mesh, trainer.rules(loop_config()))
   ckpts = ckpt_lib.Checkpoints(work / "checkpoints")
   restored = ckpts.restore(jax.device_put(jax.tree.map(jnp.copy, initial), shardings))
   saved = ckpts.restore(jax.tree.map(jnp.copy, initial), step=4)  # onto the 1x8 mesh
@@ -403,13 +403,13 @@ def test_sharding_rules_from_config(built):
   """Parameter rules come from `config.sharding.rules`; activation rules are the model's."""
   s, initial = built
   config = loop_config()
-  default = trainer.state_shardings(initial, s.mesh, trainer.rules(config))
+  default = step_lib.state_shardings(initial, s.mesh, trainer.rules(config))
   specs = {x.spec for x in jax.tree.leaves(default)}
   assert PartitionSpec(None, "fsdp") in specs or PartitionSpec("fsdp") in specs, specs
   config.sharding.rules = tuple(
     (k, None if k == "embed" else v) for k, v in config.sharding.rules
   )  # no FSDP: every parameter replicated
-  replicated = trainer.state_shardings(initial, s.mesh, trainer.rules(config))
+  replicated = step_lib.state_shardings(initial, s.mesh, trainer.rules(config))
   assert all("fsdp" not in str(x.spec) for x in jax.tree.leaves(replicated))
   config.sharding.rules = tuple(
     (k, "tensor" if k == "act_tokens" else v) for k, v in config.sharding.rules

@@ -179,6 +179,16 @@ def public_pair(fn: Callable, default_cfg: Callable[[jax.Array], Config]):
   return attention, hybrid_attention
 
 
+def rotate(x, cos, sin):
+  """The one RoPE rotation: x (B, L, N, K) by (L, K/2) tables, rotate-half channel order
+  `[re | im]`, float32 math, result in x.dtype."""
+  h = x.shape[-1] // 2
+  xf = x.astype(jnp.float32)
+  c, s = cos[None, :, None, :], sin[None, :, None, :]
+  a, b = rotate_halves(xf[..., :h], xf[..., h:], c, s)
+  return jnp.concatenate([a, b], axis=-1).astype(x.dtype)
+
+
 def rotate_halves(a, b, cos, sin):
   """Rotate-half RoPE on the two halves (float32): returns (a c - b s, b c + a s)."""
   return a * cos - b * sin, b * cos + a * sin

@@ -49,14 +49,6 @@ class MosaicConfig:
   max_concurrent_steps: int = 2
 
 
-def _rotate_k(k, cos, sin):
-  h = k.shape[-1] // 2
-  kf = k.astype(jnp.float32)
-  c, s = cos[None, :, None, :], sin[None, :, None, :]
-  a, b = common.rotate_halves(kf[..., :h], kf[..., h:], c, s)
-  return jnp.concatenate([a, b], axis=-1).astype(k.dtype)
-
-
 def _branch_forward(q, k_rot, v, qc, qs, kv_len, mc: MosaicConfig, save_residuals: bool):
   plgpu = compat.mosaic_gpu()
   b, lq, n, kd = q.shape
@@ -248,7 +240,7 @@ def forward(q, ks, vs, qcs, qss, kcs, kss, cfg: common.Config, residuals: bool):
   mc = dataclasses.replace(_MOSAIC, block_q=cfg.block_q // 2, block_kv=cfg.block_k)
   total, outs, lses = None, [], []
   for k, v, qc, qs, kc, ksn, kv_len in zip(ks, vs, qcs, qss, kcs, kss, cfg.kv_lens):
-    o, lse = _branch_forward(q, _rotate_k(k, kc, ksn), v, qc, qs, kv_len, mc, residuals)
+    o, lse = _branch_forward(q, common.rotate(k, kc, ksn), v, qc, qs, kv_len, mc, residuals)
     total = o.astype(jnp.float32) if total is None else total + o.astype(jnp.float32)
     outs.append(o)
     lses.append(lse)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from kernels.attention import common
+
 Rope = tuple[jax.Array, jax.Array]
 
 
@@ -27,10 +29,7 @@ def apply_rope(x: jax.Array, rope: Rope | None) -> jax.Array:
   half = x.shape[-1] // 2
   if cos.shape != (x.shape[1], half) or sin.shape != cos.shape:
     raise ValueError(f"rope tables {cos.shape}/{sin.shape} do not fit x {x.shape}: need (L, K/2)")
-  xf = x.astype(jnp.float32)
-  re, im = xf[..., :half], xf[..., half:]
-  c, s = cos[None, :, None, :], sin[None, :, None, :]
-  return jnp.concatenate([re * c - im * s, re * s + im * c], axis=-1).astype(x.dtype)
+  return common.rotate(x, cos, sin)
 
 
 def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

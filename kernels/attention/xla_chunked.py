@@ -22,15 +22,6 @@ from kernels.attention import common
 DEFAULT_CHUNK = 512
 
 
-def _rotate(x, cos, sin):
-  """(B, L, N, K) rotated by (L, K/2) tables in float32, cast back to x.dtype."""
-  h = x.shape[-1] // 2
-  xf = x.astype(jnp.float32)
-  c, s = cos[None, :, None, :], sin[None, :, None, :]
-  a, b = common.rotate_halves(xf[..., :h], xf[..., h:], c, s)
-  return jnp.concatenate([a, b], axis=-1).astype(x.dtype)
-
-
 def _unrotate(g, cos, sin):
   h = g.shape[-1] // 2
   c, s = cos[None, :, None, :], sin[None, :, None, :]
@@ -58,13 +49,13 @@ def _logits(qr, kr, j, c, kv_len):
 
 
 def _branch_forward(q, k, v, qc, qs, kc, ks, kv_len, c):
-  qr = _rotate(q, qc, qs)
+  qr = common.rotate(q, qc, qs)
   b, lq, n, kd = q.shape
 
   def step(carry, xs):
     m, lsum, acc = carry
     j, kj, vj, kcj, ksj = xs
-    s = _logits(qr, _rotate(kj, kcj, ksj), j, c, kv_len)
+    s = _logits(qr, common.rotate(kj, kcj, ksj), j, c, kv_len)
     m_new = jnp.maximum(m, s.max(-1))
     corr = jnp.exp(m - m_new)
     p = jnp.exp(s - m_new[..., None])
@@ -104,14 +95,14 @@ def forward(q, ks, vs, qcs, qss, kcs, kss, cfg: common.Config, residuals: bool):
 
 
 def _branch_backward(q, k, v, qc, qs, kc, ks, kv_len, c, o, lse, do):
-  qr = _rotate(q, qc, qs)
+  qr = common.rotate(q, qc, qs)
   scale = q.shape[-1] ** -0.5
   delta = jnp.einsum("BLNK,BLNK->BNL", o.astype(jnp.float32), do.astype(jnp.float32))
   dt = q.dtype
 
   def step(dqr, xs):
     j, kj, vj, kcj, ksj = xs
-    kr = _rotate(kj, kcj, ksj)
+    kr = common.rotate(kj, kcj, ksj)
     p = jnp.exp(_logits(qr, kr, j, c, kv_len) - lse[..., None])
     dv = jnp.einsum("BNLS,BLNK->BSNK", p.astype(dt), do, preferred_element_type=jnp.float32)
     dp = jnp.einsum("BLNK,BSNK->BNLS", do, vj, preferred_element_type=jnp.float32)

@@ -46,16 +46,18 @@ def generate_video(
   pose_scale: float = 1.0,
   seed: int = 42,
   reproduce_official: bool = False,
+  chunks: list[Chunk] | None = None,
   progress: bool = True,
 ) -> np.ndarray:
   """Animates the prepared reference along all its driving poses; uint8 (N, H, W, 3).
 
   `reproduce_official` uses the official chunk plan and stitching (needs N >= 81, see
-  `o2a_jax.inference.chunks`).
+  `o2a_jax.inference.chunks`); `chunks` gives another plan (e.g. `chunks.fixed_chunks`).
   """
   poses = np.asarray(inputs.poses)
   n, hh, ww = poses.shape[:3]
-  chunks = plan_chunks(n, reproduce_official=reproduce_official)
+  if chunks is None:
+    chunks = plan_chunks(n, reproduce_official=reproduce_official)
   check_plan(chunks, n)
   ref_pose = to_model_range(inputs.ref_pose)[None]
   video = np.zeros((n, hh, ww, 3), np.uint8)

@@ -41,7 +41,7 @@ class Chunk:
 
   Attributes:
     start, end: pose frames [start, end) the chunk is generated from; end - start = 4k + 1.
-      `end` may exceed the video length for a padded single chunk (the last pose repeats).
+      `end` may exceed the video length for the last chunk (its last pose repeats).
     write_start: the first output frame this chunk writes; it writes [write_start, min(end, N)).
   """
 
@@ -104,6 +104,18 @@ def plan_chunks(total: int, *, reproduce_official: bool = False) -> list[Chunk]:
   return chunks
 
 
+def fixed_chunks(total: int, frames: int) -> list[Chunk]:
+  """Chunks of `frames` frames each advancing by frames - 5 (TokenReplace context); the last
+  ends at or after `total` (short plans for small models, e.g. the puppet toy)."""
+  if frames < MIN_CONTEXT_CHUNK or (frames - 1) % 4:
+    raise ValueError(f"chunk must be 4k+1 frames and at least {MIN_CONTEXT_CHUNK}, got {frames}")
+  chunks = [Chunk(0, frames, 0)]
+  while chunks[-1].end < total:
+    s = chunks[-1].end - OVERLAP_FRAMES
+    chunks.append(Chunk(s, s + frames, s + OVERLAP_FRAMES))
+  return chunks
+
+
 def check_plan(chunks: list[Chunk], total: int) -> None:
   """Asserts the invariants every plan must satisfy (used by tests and before sampling)."""
   written = np.zeros(total, bool)
@@ -115,7 +127,7 @@ def check_plan(chunks: list[Chunk], total: int) -> None:
         raise ValueError(f"chunk {i} {c} is too short for TokenReplace")
       if not written[c.start : c.start + OVERLAP_FRAMES].all():
         raise ValueError(f"chunk {i} {c} needs context frames that are not generated yet")
-    if i and c.end > total:
+    if i < len(chunks) - 1 and c.end > total:  # only the last may pad past the end
       raise ValueError(f"chunk {i} {c} runs past the video ({total} frames)")
     written[c.write_start : min(c.end, total)] = True
   if not written.all():

@@ -22,6 +22,7 @@ import numpy as np
 
 from o2a_jax.inference.prepare import Poses
 from o2a_jax.io.output_paths import publish_mode
+from o2a_jax.text.embeddings_file import read_embeddings
 
 ZEROS_TEXT_LENGTH = 512  # the inference prompt length
 
@@ -69,39 +70,6 @@ def check_finite(module, source: str) -> None:
     )
 
 
-def _read_embeds_file(path: pathlib.Path, text_dim: int) -> dict[str, np.ndarray]:
-  if not path.is_file():
-    raise FileNotFoundError(f"text embeddings file {str(path)!r} does not exist")
-  out = {}
-  if path.suffix == ".npz":
-    with np.load(path) as z:
-      for key in ("text_embeds", "embeds", "negative_text_embeds"):
-        if key in z:
-          out["negative" if key.startswith("negative") else "text"] = np.asarray(z[key])
-  elif path.suffix == ".safetensors":
-    from o2a_jax.io import safetensors as sio
-
-    with sio.TensorSource(path) as src:
-      if "embeds" in src:
-        out["text"] = np.array(src["embeds"])
-  else:
-    raise ValueError(f"text embeddings {str(path)!r}: use an .npz or an `o2a text` .safetensors")
-  if "text" not in out:
-    raise ValueError(
-      f"text embeddings {str(path)!r} hold no 'text_embeds'/'embeds' array (an .npz with "
-      "text_embeds [and negative_text_embeds], or a cache file written by `o2a text embed`)"
-    )
-  for key, a in out.items():
-    a = a[0] if a.ndim == 3 and a.shape[0] == 1 else a
-    if a.ndim != 2 or a.shape[1] != text_dim:
-      raise ValueError(
-        f"text embeddings {str(path)!r} ({key}) have shape {a.shape}; the model needs "
-        f"(S, {text_dim})"
-      )
-    out[key] = a.astype(np.float32)
-  return out
-
-
 def text_embeddings(args, text_dim: int, *, need_negative: bool) -> tuple[np.ndarray, np.ndarray]:
   """(text, negative) (S, text_dim) float32 embeddings from the command-line options."""
   if getattr(args, "text_encoder", None):
@@ -122,9 +90,9 @@ def text_embeddings(args, text_dim: int, *, need_negative: bool) -> tuple[np.nda
       raise ValueError(f"text encoder width {emb.shape[-1]} != the model's text_dim {text_dim}")
     return emb[0], emb[1]
   if getattr(args, "text_embeds", None):
-    got = _read_embeds_file(pathlib.Path(args.text_embeds), text_dim)
+    got = read_embeddings(args.text_embeds, text_dim)
     if args.negative_text_embeds:
-      got["negative"] = _read_embeds_file(pathlib.Path(args.negative_text_embeds), text_dim)["text"]
+      got["negative"] = read_embeddings(args.negative_text_embeds, text_dim)["text"]
     if "negative" not in got:
       if need_negative:
         raise ValueError(

@@ -28,9 +28,6 @@ import pathlib
 
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
-
-from o2a_jax.sampling.chunk import CONTEXT_FRAMES
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "assets" / "puppet_model"
@@ -231,20 +228,6 @@ def translate_baseline(image, ref_pose: dict, driving: list[dict], frames: int) 
 # --- sampling ------------------------------------------------------------------------------------
 
 
-def chunk_plan(n: int, chunk: int):
-  """Chunks of `chunk` frames advancing by chunk - 5; the last ends at or after frame n (its
-  extra frames repeat the last pose and are dropped)."""
-  from o2a_jax.inference.chunks import Chunk
-
-  if chunk < 9 or (chunk - 1) % 4:
-    raise ValueError(f"chunk must be 4k+1 frames and at least 9, got {chunk}")
-  chunks = [Chunk(0, chunk, 0)]
-  while chunks[-1].end < n:
-    s = chunks[-1].end - CONTEXT_FRAMES
-    chunks.append(Chunk(s, s + chunk, s + CONTEXT_FRAMES))
-  return chunks
-
-
 def animate(
   model,
   vae,
@@ -265,31 +248,26 @@ def animate(
   `drop_reference`: the reference-extractor ablation: the reference and its mask are replaced by
   the black image the model sees when the reference is dropped in training (ref CFG off).
   """
-  from o2a_jax.inference.animate import chunk_noise, chunk_poses
-  from o2a_jax.inference.chunks import place
-  from o2a_jax.inference.prepare import to_model_range
-  from o2a_jax.io.video import to_uint8
-  from o2a_jax.sampling.chunk import generate_chunk
+  from o2a_jax.inference.animate import generate_video
+  from o2a_jax.inference.chunks import fixed_chunks
 
-  poses = np.asarray(inputs.poses)
-  n, hh, ww = poses.shape[:3]
-  image, mask = inputs.image, inputs.mask
   if drop_reference:
-    image = np.zeros_like(image)
-    mask = np.zeros_like(mask)
+    inputs = dataclasses.replace(
+      inputs, image=np.zeros_like(inputs.image), mask=np.zeros_like(inputs.mask)
+    )
   text = empty_text(model)
-  ref_pose = to_model_range(inputs.ref_pose)[None]
-  video = np.zeros((n, hh, ww, 3), np.uint8)
-  chunks = chunk_plan(n, chunk)
-  with tqdm(total=steps * len(chunks), desc="denoising", unit="step", disable=not progress) as bar:
-    for i, c in enumerate(chunks):
-      bar.set_description(f"denoising chunk {i + 1}/{len(chunks)}")
-      prev = video[c.start : c.start + CONTEXT_FRAMES].copy() if c.context else None
-      out = generate_chunk(
-        model, vae, image, mask, to_model_range(chunk_poses(poses, c)), ref_pose, text, text,
-        chunk_noise(seed, c.frames, hh, ww), steps=steps, shift=shift,
-        image_guidance=image_guidance, pose_guidance=pose_guidance, pose_scale=pose_scale,
-        prev_frames=prev, on_step=lambda _: bar.update(1),
-      )  # fmt: skip
-      place(video, c, to_uint8(out))
-  return video
+  return generate_video(
+    model,
+    vae,
+    inputs,
+    text,
+    text,
+    steps=steps,
+    shift=shift,
+    image_guidance=image_guidance,
+    pose_guidance=pose_guidance,
+    pose_scale=pose_scale,
+    seed=seed,
+    chunks=fixed_chunks(len(inputs.poses), chunk),
+    progress=progress,
+  )

@@ -325,15 +325,17 @@ def _is_var(x) -> bool:
   return isinstance(x, nnx.Variable)
 
 
-def state_shardings(state: TrainState, mesh: jax.sharding.Mesh):
-  """NamedShardings for `state` (a prefix tree for `jax.jit`): parameters, their optimizer
-  moments and EMA by their logical axes through `o2a_jax.sharding.RULES`; the rest replicated."""
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh, table=None):
+  """NamedShardings for `state` (a prefix tree for `jax.jit`): every parameter-like Variable
+  (params, frozen, their optimizer moments, EMA) by its logical axes through `table` (default
+  `o2a_jax.sharding.RULES`; `o2a train` passes the config's table); the rest replicated."""
 
   def one(x):
     if _is_var(x):
       names = x.get_metadata().get("out_sharding")
       if names is not None:
-        return jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(names))
+        spec = sharding.logical_to_spec(names, sharding.RULES if table is None else table)
+        return jax.sharding.NamedSharding(mesh, spec)
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   return jax.tree.map(one, state, is_leaf=_is_var)

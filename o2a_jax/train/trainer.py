@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from data_pipeline.batch import check_batch
 from o2a_jax import config_lib, sharding
+from o2a_jax.text.embeddings_file import read_embeddings
 from o2a_jax.train import checkpoints as ckpt_lib
 from o2a_jax.train import metrics as metrics_lib
 from o2a_jax.train import step as step_lib
@@ -90,22 +91,6 @@ def rules(config: mlc.ConfigDict) -> tuple:
 def make_mesh(config: mlc.ConfigDict) -> jax.sharding.Mesh:
   rules(config)  # validated before any device work
   return sharding.make_mesh(tuple(config.train.mesh_shape))
-
-
-def state_shardings(state, mesh: jax.sharding.Mesh, table) -> object:
-  """NamedShardings of the state (a prefix tree for `jax.jit`): every parameter-like Variable
-  (params, frozen, their Adam moments, EMA) by its logical axes through `table`, the rest
-  replicated. With the built-in table this is `step.state_shardings`."""
-  from flax import nnx
-
-  def one(x):
-    if isinstance(x, nnx.Variable):
-      names = x.get_metadata().get("out_sharding")
-      if names is not None:
-        return NamedSharding(mesh, sharding.logical_to_spec(names, table))
-    return NamedSharding(mesh, PartitionSpec())
-
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def build_vae(config: mlc.ConfigDict):
@@ -271,25 +256,10 @@ def text_embeds(config: mlc.ConfigDict) -> np.ndarray:
   path = config.text.embeds
   if not path:
     return np.zeros((config.text.length, dim), np.float32)
-  p = pathlib.Path(path)
-  if not p.is_file():
-    raise FileNotFoundError(f"config.text.embeds {path!r} is not a file")
-  if p.suffix == ".npy":
-    arr = np.load(p, allow_pickle=False)
-  else:
-    from o2a_jax.io import safetensors as sio
-
-    with sio.TensorSource(p) as src:
-      keys = list(src.shapes())
-      if len(keys) != 1:
-        raise ValueError(f"config.text.embeds {path!r} holds {len(keys)} tensors; expected one")
-      arr = np.asarray(src[keys[0]])
-  arr = np.asarray(arr, np.float32)
-  if arr.ndim == 3 and arr.shape[0] == 1:
-    arr = arr[0]
-  if arr.ndim != 2 or arr.shape[1] != dim:
-    raise ValueError(f"config.text.embeds {path!r} has shape {arr.shape}; expected (S, {dim})")
-  return arr
+  try:
+    return read_embeddings(path, dim)["text"]
+  except (ValueError, FileNotFoundError) as e:
+    raise type(e)(f"config.text.embeds: {e}") from None
 
 
 def data_iterator(config: mlc.ConfigDict) -> Iterator[dict]:
@@ -337,7 +307,7 @@ def setup(config: mlc.ConfigDict, *, mesh: jax.sharding.Mesh | None = None) -> S
       model, vae, config, seed=config.seed, text_embeds=text_embeds(config)
     )
     del model, vae
-    shardings = state_shardings(state, mesh, rules(config))
+    shardings = step_lib.state_shardings(state, mesh, rules(config))
     state = jax.device_put(state, shardings)
   bsh = batch_sharding(mesh)
   step_fn = jax.jit(
