@@ -13,6 +13,7 @@ model call per step) and decodes the result.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from flax import nnx
 
 from o2a_jax.model.denoiser import TOKEN_REPLACE_FRAMES
 from o2a_jax.sampling import guidance
+from o2a_jax.sampling.euler import euler_step
 from o2a_jax.sampling.schedule import sigmas as make_sigmas
 from o2a_jax.vae import denormalize, normalize
 from o2a_jax.vae.strides import latent_frames, latent_shape, pixel_frames
@@ -29,13 +31,15 @@ from o2a_jax.vae.strides import latent_frames, latent_shape, pixel_frames
 CONTEXT_LATENTS = TOKEN_REPLACE_FRAMES
 CONTEXT_FRAMES = pixel_frames(CONTEXT_LATENTS)
 
-# The host hook of the running `generate_chunk(on_step=...)` call. The jitted loop reports through
-# the fixed function `_report_step`, so a new hook never changes the compiled program.
-_STEP_HOOK = None
+# Progress hooks of the running `generate_chunk(on_step=...)` calls, by call token. The jitted
+# loop reports (token, step) through the fixed function `_report_step`, so a new hook never
+# changes the compiled program, and concurrent calls (threads) each reach their own hook.
+_HOOKS: dict[int, object] = {}
+_TOKENS = itertools.count(1)
 
 
-def _report_step(i):
-  hook = _STEP_HOOK
+def _report_step(token, i):
+  hook = _HOOKS.get(int(token))
   if hook is not None:
     hook(int(i))
 
@@ -71,6 +75,7 @@ def _denoise(
   image_guidance,
   pose_guidance,
   report=False,
+  token=0,
 ):
   """The whole Euler loop: x (B, T, h, w, C) float32 noise (or context + noise) -> latents."""
   model = nnx.merge(graphdef, state)
@@ -91,10 +96,9 @@ def _denoise(
       token_replace=token_replace,
     )
     v = guidance.combine(eps, n, image_guidance, pose_guidance)
-    new = x + (sig[i + 1] - sig[i]) * v
-    x = x.at[:, start:].set(new[:, start:])  # the context latents stay clean
+    x = euler_step(x, v, sig[i], sig[i + 1], keep=start)
     if report:
-      jax.debug.callback(_report_step, i)
+      jax.debug.callback(_report_step, token, i)
     return x
 
   return jax.lax.fori_loop(0, sig.shape[0] - 1, step, x)
@@ -187,7 +191,8 @@ def generate_chunk(
     ctx = normalize(vae.encode(_pixels(prev_frames)[None]))  # 1 2 h w C
     x = jnp.concatenate([ctx.astype(jnp.float32), x[:, CONTEXT_LATENTS:]], axis=1)
 
-  n = guidance.num_passes(image_guidance, pose_guidance)
+  g = guidance.Guidance(float(image_guidance), float(pose_guidance))
+  n = g.passes
   ref, pose, rpose, text, scales = guidance.pass_inputs(
     n,
     ref_latents,
@@ -200,8 +205,9 @@ def generate_chunk(
   )
   graphdef, state = nnx.split(model)
   sig = jnp.asarray(make_sigmas(steps, shift))
-  global _STEP_HOOK
-  _STEP_HOOK = on_step
+  token = next(_TOKENS)
+  if on_step is not None:
+    _HOOKS[token] = on_step
   try:
     latents = _denoise(
       graphdef,
@@ -215,13 +221,14 @@ def generate_chunk(
       scales,
       n=n,
       token_replace=token_replace,
-      image_guidance=float(image_guidance),
-      pose_guidance=float(pose_guidance),
+      image_guidance=g.image,
+      pose_guidance=g.pose,
       report=on_step is not None,
+      token=token,
     )
     if on_step is not None:
       jax.block_until_ready(latents)  # every report arrives while the hook is installed
   finally:
-    _STEP_HOOK = None
+    _HOOKS.pop(token, None)
   video = vae.decode(denormalize(latents.astype(jnp.float32)))
   return np.asarray(video[0], np.float32)

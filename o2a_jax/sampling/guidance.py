@@ -15,8 +15,22 @@ on its own, so batching changes nothing).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+  """The guidance setting, built once at the top and passed down: scales and pass count."""
+
+  image: float = 2.5
+  pose: float = 1.5
+
+  @property
+  def passes(self) -> int:
+    return num_passes(self.image, self.pose)
 
 
 def num_passes(image_guidance: float, pose_guidance: float) -> int:

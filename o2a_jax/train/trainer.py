@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from data_pipeline.batch import check_batch
 from o2a_jax import config_lib, sharding
+from o2a_jax.sampling.guidance import Guidance
 from o2a_jax.text.embeddings_file import read_embeddings
 from o2a_jax.train import checkpoints as ckpt_lib
 from o2a_jax.train import metrics as metrics_lib
@@ -50,6 +51,9 @@ from o2a_jax.train import step as step_lib
 from o2a_jax.vae.strides import latent_frames, latent_shape
 
 log = logging.getLogger(__name__)
+
+# The guidance of the samples written every `train.sample_every` steps: the official defaults.
+SAMPLE_GUIDANCE = Guidance()
 
 
 class TrainingDiverged(RuntimeError):
@@ -178,11 +182,12 @@ def check_context_parallel(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> N
     )
   if config.train.sample_every:
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
-    if 3 % dp:
+    passes = SAMPLE_GUIDANCE.passes
+    if passes % dp:
       raise ValueError(
-        f"config.train.sample_every with a context axis of {ctx}: the sampler's batch is its 3 "
-        f"guidance passes, which data x fsdp = {dp} does not divide; set sample_every=0 or use a "
-        "mesh with data x fsdp in (1, 3)"
+        f"config.train.sample_every with a context axis of {ctx}: the sampler's batch is its "
+        f"{passes} guidance passes, which data x fsdp = {dp} does not divide; set "
+        f"sample_every=0 or use a mesh whose data x fsdp divides {passes}"
       )
 
 
@@ -546,6 +551,8 @@ def write_samples(config, graphs, state, local: dict, folder: pathlib.Path, step
     text,
     noise,
     steps=config.train.sample_steps,
+    image_guidance=SAMPLE_GUIDANCE.image,
+    pose_guidance=SAMPLE_GUIDANCE.pose,
   )
   if jax.process_index() == 0:
     folder.mkdir(parents=True, exist_ok=True)
