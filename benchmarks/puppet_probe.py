@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
   from o2a_jax import config_lib
   from o2a_jax.io import video as video_io
-  from o2a_jax.puppet.evaluate import StatsVAE, check_vae_hash
+  from o2a_jax.puppet.evaluate import check_vae_hash
   from o2a_jax.puppet.vae_train import psnr  # [-1, 1] floats, peak-to-peak 2
   from o2a_jax.sampling import chunk as pipeline
   from o2a_jax.train import step as step_lib
@@ -64,18 +64,14 @@ def main(argv=None) -> int:
   local = next(trainer.data_iterator(config))
   model = step_lib.merge_model(s.graphs, s.state)
   vae = nnx.merge(s.graphs.vae, s.state.vae)
-  lc = config.loss
-  mu, sd = jnp.asarray(lc.latents_mean), jnp.asarray(lc.latents_std)
-  x0, ref_lat = step_lib.encode_batch(
-    vae, local, latents_mean=lc.latents_mean, latents_std=lc.latents_std
-  )
+  x0, ref_lat = step_lib.encode_batch(vae, local)
   b = x0.shape[0]
   text = jnp.broadcast_to(s.state.text, (b,) + s.state.text.shape[1:])
   pose, ref_pose = jnp.asarray(local["pose_video"]), jnp.asarray(local["ref_pose"])
   ones = jnp.ones((b,), jnp.float32)
   noise = jax.random.normal(jax.random.key(args.seed), x0.shape)
   video = np.asarray(local["video"])
-  decode = lambda z: np.clip(np.asarray(vae.decode(z * sd + mu)), -1.0, 1.0)
+  decode = lambda z: np.clip(np.asarray(vae.decode(vae.denormalize(z))), -1.0, 1.0)
   per = lambda out: [round(psnr(out[i], video[i]), 2) for i in range(b)]
   print(f"batch of {b} clips {video.shape[1:]}; VAE round trip {per(decode(x0))} dB")
 
@@ -93,13 +89,12 @@ def main(argv=None) -> int:
       f"one-step x0 estimate {per(decode(x_t - sigma * v))} dB"
     )
 
-  svae = StatsVAE(vae, lc.latents_mean, lc.latents_std)
   for steps in (1, args.steps):
     out = []
     for i in range(b):
       ref = video_io.to_uint8(np.asarray(local["ref_image"][i, 0])[None])[0]
       frames = pipeline.generate_chunk(
-        model, svae, ref, np.asarray(local["ref_mask"][i, 0, ..., 0]),
+        model, vae, ref, np.asarray(local["ref_mask"][i, 0, ..., 0]),
         np.asarray(local["pose_video"][i]), np.asarray(local["ref_pose"][i]),
         np.asarray(s.state.text[0]), np.asarray(s.state.text[0]), np.asarray(noise[i]),
         steps=steps, image_guidance=1.0, pose_guidance=1.0,

@@ -197,12 +197,10 @@ def _puppet(c: mlc.ConfigDict, vae: str) -> None:
 
   vae = vae or str(pathlib.Path(__file__).resolve().parents[1] / "assets" / "puppet_vae")
   c.vae.path = vae
-  # The puppet VAE's own per-channel statistics (its config.json), not Wan's: training
-  # normalises with these, and sampling must too (o2a_jax.puppet.evaluate reads the same file).
-  # Another VAE goes in through the `vae=` arg, so path and statistics stay together.
-  mean, std = read_latent_stats(vae)
-  c.loss.latents_mean = tuple(mean)
-  c.loss.latents_std = tuple(std)
+  # The puppet VAE normalises with its own per-channel statistics (its config.json, carried by
+  # the loaded VAE into training and sampling alike); checked here so a VAE without them fails
+  # before any work.
+  read_latent_stats(vae)
   # Training text is always the empty prompt (spec §7.8); here it is zeros of (7, text_dim):
   # no text encoder exists for the toy, and sampling uses the same zeros.
   c.text.embeds = ""

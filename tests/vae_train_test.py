@@ -92,6 +92,17 @@ def test_save_load_roundtrip(trained, tmp_path):
   m2, s2 = read_latent_stats(path)
   np.testing.assert_allclose(m2, mean)
   np.testing.assert_allclose(s2, std)
+  # The loaded VAE carries its statistics: normalize/denormalize use them, not Wan's, and a
+  # re-save without explicit statistics keeps them.
+  np.testing.assert_allclose(loaded.cfg.latents_mean, mean, rtol=1e-6)
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(1, 2, 2, 2, 16)), jnp.float32)
+  want = normalize(z, latents_mean=mean, latents_std=std)
+  np.testing.assert_allclose(loaded.normalize(z), want, rtol=1e-6)
+  np.testing.assert_allclose(loaded.denormalize(want), z, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(loaded.normalize(z), normalize(z))  # differs from the Wan constants
+  resaved = load_vae(save_vae(loaded, tmp_path / "again"))
+  assert resaved.cfg.latents_std == loaded.cfg.latents_std
+  assert vae.cfg.latents_mean is None and vae.cfg.latent_stats == (LATENTS_MEAN, LATENTS_STD)
 
 
 def test_read_latent_stats_missing(tmp_path):

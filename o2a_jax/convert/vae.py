@@ -14,6 +14,7 @@ VAE's own per-channel latent statistics as `latents_mean` / `latents_std` when g
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -253,6 +254,15 @@ def _infer_config(shapes: dict[str, tuple], config_json: dict | None) -> VAEConf
     ]
     if wrong:
       raise CheckpointError("config.json disagrees with the weights: " + ", ".join(wrong))
+    if "latents_mean" in config_json or "latents_std" in config_json:
+      try:
+        cfg = dataclasses.replace(
+          cfg,
+          latents_mean=config_json.get("latents_mean"),
+          latents_std=config_json.get("latents_std"),
+        )
+      except (ValueError, TypeError) as e:
+        raise CheckpointError(f"config.json latents_mean/latents_std: {e}") from None
   return cfg
 
 
@@ -344,10 +354,13 @@ def save_vae(
 ) -> pathlib.Path:
   """Writes a diffusers-layout VAE folder (weights + config.json) atomically; replaces `path`.
 
-  `extra`: optional JSON-able dict stored as `training.json` (command, metrics).
+  `latents_mean` / `latents_std`: the latent statistics to record (default: the VAE's own, if
+  its config has them). `extra`: optional JSON-able dict stored as `training.json`.
   """
   if (latents_mean is None) != (latents_std is None):
     raise ValueError("save_vae: give both latents_mean and latents_std, or neither")
+  if latents_mean is None:
+    latents_mean, latents_std = vae.cfg.latents_mean, vae.cfg.latents_std
   path = pathlib.Path(path)
   tensors = {k: np.asarray(v, np.float32) for k, v in vae_state_dict(vae).items()}
   items = [(k, v.dtype, v.shape) for k, v in tensors.items()]

@@ -14,8 +14,8 @@ poses), so the demo reports PSNR and SSIM of the result against it, next to two 
   reference.png                   the reference image the model was given
   metrics.json                    the figures printed at the end
 
-The latent statistics are the puppet VAE's own (its config.json), as in training
-(`o2a_jax.puppet.evaluate.StatsVAE`); the prompt is the empty prompt, zeros as in training.
+The latent statistics are the puppet VAE's own (its config.json), as in training; the prompt is
+the empty prompt, zeros as in training.
 """
 
 from __future__ import annotations

@@ -7,11 +7,6 @@ Dims: N frames, H/W height/width, T latent frames, h/w latent height/width.
   ITU-R 601 luma weights, a 7x7 uniform window, K1 = 0.01, K2 = 0.03, data range 255, sample
   covariances (x 49/48), the mean of the SSIM map over the window-valid region (skimage crops the
   3-pixel border), averaged over frames), written in NumPy.
-- `StatsVAE`: a VAE whose latent statistics are the puppet VAE's own. `generate_chunk` normalises
-  with the Wan2.1 constants; this wrapper re-expresses the puppet VAE's latents in that scale
-  (encode: (z - m) / s * S + M; decode: the inverse), so the denoiser sees exactly
-  (z - m) / s, the normalisation its training used (`configs/o2a.py` `puppet`: config.loss
-  latents_mean/std from the same config.json).
 - `load_puppet_models`: the shipped puppet denoiser (`assets/puppet_model`) and the puppet VAE
   (`assets/puppet_vae`). The denoiser only works in the latent space it was trained in, so the
   model folder records the sha256 of the VAE weights (`vae_sha256.txt`) and loading checks it.
@@ -88,41 +83,9 @@ def ssim(a, b) -> float:
 # --- models --------------------------------------------------------------------------------------
 
 
-class StatsVAE:
-  """A VAE seen through its own latent statistics by code that normalises with Wan's (module doc).
-
-  `encode` and `decode` take and return what the wrapped `WanVAE` does; everything else is
-  forwarded.
-  """
-
-  def __init__(self, vae, latents_mean, latents_std):
-    from o2a_jax.vae.model import LATENTS_MEAN, LATENTS_STD
-
-    self.vae = vae
-    self._m = jnp.asarray(latents_mean, jnp.float32)
-    self._s = jnp.asarray(latents_std, jnp.float32)
-    self._wm = jnp.asarray(LATENTS_MEAN, jnp.float32)
-    self._ws = jnp.asarray(LATENTS_STD, jnp.float32)
-    if self._m.shape != self._wm.shape or self._s.shape != self._ws.shape:
-      raise ValueError(
-        f"latent statistics must have {self._wm.shape[0]} channels, got "
-        f"{self._m.shape} and {self._s.shape}"
-      )
-
-  def encode(self, video):
-    z = self.vae.encode(video).astype(jnp.float32)
-    return (z - self._m) / self._s * self._ws + self._wm
-
-  def decode(self, latents):
-    z = (latents.astype(jnp.float32) - self._wm) / self._ws * self._s + self._m
-    return self.vae.decode(z)
-
-  def __getattr__(self, name):
-    return getattr(self.vae, name)
-
-
 def load_puppet_models(model_dir=MODEL_DIR, vae_dir=VAE_DIR):
-  """(denoiser, StatsVAE) float32 from the shipped folders (or the given ones)."""
+  """(denoiser, VAE) float32 from the shipped folders (or the given ones); the VAE carries its
+  own latent statistics (config.json), as in training."""
   from o2a_jax.convert import load_official, load_vae
   from o2a_jax.convert.vae import read_latent_stats
 
@@ -134,9 +97,8 @@ def load_puppet_models(model_dir=MODEL_DIR, vae_dir=VAE_DIR):
       )
   check_vae_hash(model_dir, vae_dir)
   model = load_official(model_dir, dtype=jnp.float32)
-  mean, std = read_latent_stats(vae_dir)
-  vae = StatsVAE(load_vae(vae_dir, dtype=jnp.float32), mean, std)
-  return model, vae
+  read_latent_stats(vae_dir)  # a clear error when the VAE lacks its statistics
+  return model, load_vae(vae_dir, dtype=jnp.float32)
 
 
 def vae_sha256(vae_dir) -> str:

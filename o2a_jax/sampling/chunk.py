@@ -24,7 +24,6 @@ from o2a_jax.model.denoiser import TOKEN_REPLACE_FRAMES
 from o2a_jax.sampling import guidance
 from o2a_jax.sampling.euler import euler_step
 from o2a_jax.sampling.schedule import sigmas as make_sigmas
-from o2a_jax.vae import denormalize, normalize
 from o2a_jax.vae.strides import latent_frames, latent_shape, pixel_frames
 
 # TokenReplace context: the denoiser keeps 2 latent frames clean, 5 pixel frames re-encoded.
@@ -166,7 +165,7 @@ def generate_chunk(
     raise ValueError(f"steps must be >= 1, got {steps}")
 
   # Reference, mask and black-reference latents (spec §4.3).
-  enc = lambda pixels: normalize(vae.encode(pixels[None, None]))[0]  # (H, W, 3) -> (1, h, w, C)
+  enc = lambda pixels: vae.normalize(vae.encode(pixels[None, None]))[0]  # (H, W, 3) -> (1, h, w, C)
   ref_lat = enc(_pixels(image))
   mask_px = jnp.repeat(jnp.asarray(mask, jnp.float32)[..., None], 3, axis=-1) * 2.0 - 1.0
   mask_lat = enc(mask_px)
@@ -188,7 +187,7 @@ def generate_chunk(
         f"TokenReplace needs more than {CONTEXT_LATENTS} latent frames "
         f"(F >= 9 pixel frames), got F = {f}"
       )
-    ctx = normalize(vae.encode(_pixels(prev_frames)[None]))  # 1 2 h w C
+    ctx = vae.normalize(vae.encode(_pixels(prev_frames)[None]))  # 1 2 h w C
     x = jnp.concatenate([ctx.astype(jnp.float32), x[:, CONTEXT_LATENTS:]], axis=1)
 
   g = guidance.Guidance(float(image_guidance), float(pose_guidance))
@@ -230,5 +229,5 @@ def generate_chunk(
       jax.block_until_ready(latents)  # every report arrives while the hook is installed
   finally:
     _HOOKS.pop(token, None)
-  video = vae.decode(denormalize(latents.astype(jnp.float32)))
+  video = vae.decode(vae.denormalize(latents.astype(jnp.float32)))
   return np.asarray(video[0], np.float32)

@@ -44,7 +44,6 @@ from o2a_jax.model.config import DenoiserConfig
 from o2a_jax.model.denoiser import TOKEN_REPLACE_FRAMES
 from o2a_jax.train import loss as L
 from o2a_jax.train import optim, trainable
-from o2a_jax.vae.model import LATENTS_MEAN, LATENTS_STD
 from o2a_jax.vae.strides import latent_frames
 
 POSE_SCALE_RULES = ("per_sample", "official_batch")
@@ -100,10 +99,6 @@ def default_loss_config(stage: int = 2) -> mlc.ConfigDict:
   # per_sample: pose scale 0 exactly for the samples with `pose_dropped`; official_batch: the
   # official rule (T2:987-990): 0 for the whole batch iff its whole pose video is black.
   c.pose_scale_rule = "per_sample"
-  # The VAE's per-channel latent statistics used to normalise x0 and the reference latents;
-  # empty = the Wan2.1 constants (set both for a VAE with its own statistics).
-  c.latents_mean = ()
-  c.latents_std = ()
   return c
 
 
@@ -177,21 +172,14 @@ def init_train_state(
   return TrainGraphs(graphdef, vae_graph, cfg), state
 
 
-def encode_batch(
-  vae: nnx.Module,
-  batch: dict,
-  *,
-  latents_mean=LATENTS_MEAN,
-  latents_std=LATENTS_STD,
-) -> tuple[jax.Array, jax.Array]:
-  """(x0 (B,T,h,w,16), ref_latents (B,1,h,w,32)): normalised VAE posterior means (spec §4.3).
+def encode_batch(vae: nnx.Module, batch: dict) -> tuple[jax.Array, jax.Array]:
+  """(x0 (B,T,h,w,16), ref_latents (B,1,h,w,32)): normalised VAE posterior means (spec §4.3),
+  with the VAE's own latent statistics (`vae.normalize`), as the sampler uses them.
 
   The reference and its outpainting mask (repeated to 3 channels, x2-1) are encoded like
   images in one VAE call and concatenated [reference | mask]. Float32, no gradient.
   """
-  mu = jnp.asarray(latents_mean, jnp.float32)
-  sigma = jnp.asarray(latents_std, jnp.float32)
-  norm = lambda m: (m.astype(jnp.float32) - mu) / sigma
+  norm = lambda m: vae.normalize(m.astype(jnp.float32))
   video = jnp.asarray(batch["video"], jnp.float32)
   ref = jnp.asarray(batch["ref_image"], jnp.float32)
   mask = jnp.repeat(jnp.asarray(batch["ref_mask"], jnp.float32), 3, axis=-1) * 2.0 - 1.0
@@ -234,19 +222,12 @@ def make_train_step(
   cfg = graphs.model_cfg
   compute_dtype = cfg.params_dtype
   schedule = optim.learning_rate_schedule(oc)
-  latents_mean = tuple(lc.get("latents_mean", ()) or LATENTS_MEAN)
-  latents_std = tuple(lc.get("latents_std", ()) or LATENTS_STD)
-  if len(latents_mean) != len(LATENTS_MEAN) or len(latents_std) != len(LATENTS_STD):
-    raise ValueError(
-      f"config.loss.latents_mean/latents_std need {len(LATENTS_MEAN)} values each (or both empty "
-      f"for the Wan constants), got {len(latents_mean)} and {len(latents_std)}"
-    )
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     b, f, _, _ = check_batch(batch)
     t_lat = latent_frames(f)
     vae = nnx.merge(graphs.vae, state.vae)
-    x0, ref_latents = encode_batch(vae, batch, latents_mean=latents_mean, latents_std=latents_std)
+    x0, ref_latents = encode_batch(vae, batch)
     rng, k_u, k_noise, k_tr = jax.random.split(state.rng, 4)
     u = L.logit_normal(k_u, b, lc.logit_mean, lc.logit_std)
     noise = jax.random.normal(k_noise, x0.shape, jnp.float32)

@@ -120,8 +120,23 @@ class VAEConfig:
   # (1-20 chunks = 5-81 frames with the default); images (no chunks) compile separately.
   # 0 compiles each length exactly.
   chunk_bucket: int = 20
+  # The per-channel latent statistics `normalize` / `denormalize` use (the folder's config.json
+  # `latents_mean` / `latents_std`); None: the Wan2.1 constants.
+  latents_mean: tuple[float, ...] | None = None
+  latents_std: tuple[float, ...] | None = None
 
   def __post_init__(self):
+    if (self.latents_mean is None) != (self.latents_std is None):
+      raise ValueError("give both latents_mean and latents_std, or neither")
+    for name in ("latents_mean", "latents_std"):
+      v = getattr(self, name)
+      if v is not None:
+        v = tuple(float(x) for x in v)
+        if len(v) != self.z_dim:
+          raise ValueError(
+            f"{name} needs one value per latent channel ({self.z_dim}), got {len(v)}"
+          )
+        object.__setattr__(self, name, v)
     if len(self.temperal_downsample) != len(self.dim_mult) - 1:
       raise ValueError(
         f"temperal_downsample {self.temperal_downsample} needs len(dim_mult) - 1 = "
@@ -129,6 +144,13 @@ class VAEConfig:
       )
     for name in ("encode", "decode"):
       plan_axis(10**6, getattr(self, f"{name}_tile"), getattr(self, f"{name}_overlap"))
+
+  @property
+  def latent_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per latent channel: this VAE's own, else the Wan2.1 constants."""
+    if self.latents_mean is None:
+      return LATENTS_MEAN, LATENTS_STD
+    return self.latents_mean, self.latents_std
 
   @property
   def spatial_factor(self) -> int:
@@ -338,6 +360,16 @@ class WanVAE(nnx.Module):
     self.post_quant_conv = CausalConv3d(cfg.z_dim, cfg.z_dim, (1, 1, 1), **kw)
 
   # --- public API -------------------------------------------------------------------------------
+
+  def normalize(self, mean: jax.Array) -> jax.Array:
+    """Posterior mean -> the denoiser's latents, with this VAE's latent statistics."""
+    m, s = self.cfg.latent_stats
+    return normalize(mean, latents_mean=m, latents_std=s)
+
+  def denormalize(self, latents: jax.Array) -> jax.Array:
+    """The denoiser's latents -> VAE latents (the inverse of `normalize`)."""
+    m, s = self.cfg.latent_stats
+    return denormalize(latents, latents_mean=m, latents_std=s)
 
   def encode(self, video: jax.Array, *, tile: int | None = None, overlap: int | None = None):
     """(B,F,H,W,3) in [-1,1] -> posterior mean (B,T,h,w,z), T = (F-1)//4 + 1, not normalised.
