@@ -1,6 +1,6 @@
 """Videos of any length from prepared inputs: chunk plan, TokenReplace, stitching (spec §5.3-5.4).
 
-Dims: N frames, H/W height/width, T latent frames, h/w latent height/width.
+Dims: F pixel frames, H/W height/width, T latent frames, h/w latent height/width.
 
 Each chunk is one `o2a_jax.sampling.chunk.generate_chunk` call (one jitted denoising loop); a
 chunk that starts after frame 0 gets the 5 frames already generated at its start as TokenReplace
@@ -49,7 +49,7 @@ def generate_video(
   chunks: list[Chunk] | None = None,
   progress: bool = True,
 ) -> np.ndarray:
-  """Animates the prepared reference along all its driving poses; uint8 (N, H, W, 3).
+  """Animates the prepared reference along all its driving poses; uint8 (F, H, W, 3).
 
   `reproduce_official` uses the official chunk plan and stitching (needs N >= 81, see
   `o2a_jax.inference.chunks`); `chunks` gives another plan (e.g. `chunks.fixed_chunks`).

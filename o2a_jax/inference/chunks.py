@@ -1,6 +1,6 @@
 """Chunk plans for long videos and their stitching (spec §5.3-5.4, §8.17).
 
-A video of N frames is generated as chunks of at most 81 frames (every chunk 4k + 1 frames, the
+A video of F frames is generated as chunks of at most 81 frames (every chunk 4k + 1 frames, the
 VAE's causal grid). A chunk that starts after frame 0 is TokenReplace-conditioned on the 5 frames
 `[start, start + 5)` that earlier chunks already produced (re-encoded into 2 clean latents).
 
@@ -9,14 +9,14 @@ Two plans:
 - `plan_chunks(n)` (default) handles any length from 1 frame up. Up to 81 frames it is one chunk,
   padded to the next 4k + 1 frames by repeating the last pose (the padding frames are generated
   and dropped). Longer videos take 81-frame chunks that advance by 76 frames (5 context frames),
-  and a final chunk just long enough (>= 9 frames, ending exactly at frame N). Each chunk keeps
+  and a final chunk just long enough (>= 9 frames, ending exactly at frame F). Each chunk keeps
   the frames before it and writes only its new frames `[start + 5, end)`: its 5 context frames
   are VAE round trips of frames that already exist, so the originals are kept, and the seam is
   exactly where the new chunk continues from its context.
 - `plan_chunks(n, reproduce_official=True)`: the official `build_split_plan` (defined for
-  N >= 81 only; it crashes below): 81-frame chunks advancing by 76 while another full chunk does
+  F >= 81 only; it crashes below): 81-frame chunks advancing by 76 while another full chunk does
   not reach the end, then a final chunk of the first length in (65, 69, 73, 77, 81) that starts
-  before the last chunk's context region ends. It always makes at least two chunks (N = 81 gives
+  before the last chunk's context region ends. It always makes at least two chunks (F = 81 gives
   (0, 81) and (16, 81)), and every chunk overwrites all its frames, context frames included.
 """
 
@@ -42,7 +42,7 @@ class Chunk:
   Attributes:
     start, end: pose frames [start, end) the chunk is generated from; end - start = 4k + 1.
       `end` may exceed the video length for the last chunk (its last pose repeats).
-    write_start: the first output frame this chunk writes; it writes [write_start, min(end, N)).
+    write_start: the first output frame this chunk writes; it writes [write_start, min(end, F)).
   """
 
   start: int
@@ -135,7 +135,7 @@ def check_plan(chunks: list[Chunk], total: int) -> None:
 
 
 def place(video: np.ndarray, chunk: Chunk, frames) -> None:
-  """Writes a chunk's frames [write_start, min(end, N)) into `video` (N, H, W, 3) in place."""
+  """Writes a chunk's frames [write_start, min(end, F)) into `video` (F, H, W, 3) in place."""
   frames = np.asarray(frames)
   if frames.shape[0] != chunk.frames:
     raise ValueError(f"chunk {chunk} produced {frames.shape[0]} frames, expected {chunk.frames}")

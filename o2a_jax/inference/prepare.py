@@ -1,7 +1,7 @@
 """Inference preprocessing (spec §5.5-5.6, §6.1): from a reference and driving poses to the
 model's inputs.
 
-Dims: N frames, H/W height/width.
+Dims: F pixel frames, H/W height/width.
 
 `prepare` follows the official `load_poses_whole_video` + `process_one`: driving poses are taken at
 the reference's size (keypoints mapped through the same centre crop + resize the official code
@@ -41,7 +41,7 @@ MAX_SHORT = {"1.3b": 384, "14b": 576}
 class Poses:
   """Driving (or reference) poses as read from a file or estimated.
 
-  Exactly one of `kp133` (N, 133, 3) COCO-WholeBody keypoints in pixels of a width x height frame,
+  Exactly one of `kp133` (F, 133, 3) COCO-WholeBody keypoints in pixels of a width x height frame,
   or `dicts` (DWPose-style pose dicts, coordinates normalised to a width x height frame; width and
   height may be None when unknown, e.g. official .npy files: then the frame is assumed to have the
   reference's aspect ratio).
@@ -88,7 +88,7 @@ class Poses:
 @dataclasses.dataclass
 class Prepared:
   """The model's inputs: uint8 image (H,W,3), float mask (H,W) in [0,1] (1 = outpaint), uint8
-  reference pose drawing (H,W,3) and uint8 driving pose drawings (N,H,W,3)."""
+  reference pose drawing (H,W,3) and uint8 driving pose drawings (F,H,W,3)."""
 
   image: np.ndarray
   mask: np.ndarray

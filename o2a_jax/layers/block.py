@@ -1,6 +1,6 @@
 """The Wan transformer block with six-way adaLN modulation, as main, pose or extractor block.
 
-Dims: B batch, L tokens, S text tokens, D width, F MLP hidden.
+Dims: B batch, L tokens, S text tokens, D width, M MLP hidden.
 
 One class serves the three block kinds of the model (spec §2.3, §2.6, §2.9):
 - main blocks: self-attention + HRFA, text cross-attention (`norm2`, `attn2`), FFN;

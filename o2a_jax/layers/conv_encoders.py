@@ -1,6 +1,7 @@
 """The convolutional condition encoders: the causal 3-D pose encoder and the 2-D prefix encoder.
 
-Dims: B batch, T frames, H/W height/width, C channels, D width.
+Dims: B batch, F frames (pixel frames, fewer after each temporal downsampling), T latent frames,
+H/W height/width, C channels, D width.
 
 - `PoseEncoder` (official `input_hint_block`, a MiniHunyuanEncoder, spec §2.6): causal 3-D
   convolutions with replicate padding (T: 2 before, 0 after; H, W: 1 and 1), GroupNorm whose
@@ -72,7 +73,7 @@ class Conv(nnx.Module):
 
 
 def causal_pad(x: jax.Array) -> jax.Array:
-  """Replicate padding of (B, T, H, W, C): two frames before, one pixel around."""
+  """Replicate padding of (B, F, H, W, C): two frames before, one pixel around."""
   return jnp.pad(x, ((0, 0), (2, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
 
 

@@ -1,6 +1,6 @@
 """Timestep, text and patch embeddings, unpatchify, and the 3-D RoPE tables.
 
-Dims: B batch, T frames, H/W height/width, C channels, L tokens, S text tokens, D width,
+Dims: B batch, T latent frames, H/W height/width, C channels, L tokens, S text tokens, D width,
 K head dim.
 """
 

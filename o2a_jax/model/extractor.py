@@ -1,6 +1,7 @@
 """The reference extractor (official `refextractor`, spec §2.3).
 
-Dims: M extractor blocks, B batch, S reference tokens, D width.
+Dims: R extractor outputs (blocks + 1), B batch, S reference tokens, D width, E the main
+model's width.
 
 The 32-channel reference latents are patch-embedded, run through M text-free Wan blocks
 modulated by the extractor's own embedding of the diffusion timestep, with 2-D RoPE (frame
@@ -70,6 +71,6 @@ class ReferenceExtractor(nnx.Module):
         self.blocks, body, h, 0, cfg.ref_layers, scan=cfg.scan_layers, remat=cfg.remat
       )
       samples.append(ys)
-    feats = jnp.concatenate(samples, axis=0)  # (M + 1) B S D
-    out = jnp.einsum("MBSD,MDE->MBSE", feats, self.ref_kernel[...].astype(dt))
+    feats = jnp.concatenate(samples, axis=0)  # R B S D
+    out = jnp.einsum("RBSD,RDE->RBSE", feats, self.ref_kernel[...].astype(dt))
     return out + self.ref_bias[...].astype(dt)[:, None, None, :]

@@ -1,8 +1,8 @@
 """Puppet-world evaluation pieces shared by `o2a demo` and `benchmarks/puppet_eval.py`.
 
-Dims: N frames, H/W height/width, T latent frames, h/w latent height/width.
+Dims: F pixel frames, H/W height/width, T latent frames, h/w latent height/width.
 
-- Metrics on uint8 RGB videos (N,H,W,3) against the exact ground truth: `psnr` (one MSE over all
+- Metrics on uint8 RGB videos (F,H,W,3) against the exact ground truth: `psnr` (one MSE over all
   pixels and frames of a video, peak 255) and `ssim` (the scikit-image default: grayscale by the
   ITU-R 601 luma weights, a 7x7 uniform window, K1 = 0.01, K2 = 0.03, data range 255, sample
   covariances (x 49/48), the mean of the SSIM map over the window-valid region (skimage crops the
@@ -133,7 +133,7 @@ def empty_text(model) -> np.ndarray:
 
 @dataclasses.dataclass
 class PuppetCase:
-  """A held-out clip: ground truth uint8 (N,H,W,3), keypoints (N,133,3), the misaligned
+  """A held-out clip: ground truth uint8 (F,H,W,3), keypoints (F,133,3), the misaligned
   reference image and keypoints, and the generator's description."""
 
   frames: np.ndarray
@@ -181,7 +181,7 @@ def prepare_case(case: PuppetCase, *, aligned: bool, progress: bool = False):
 
 def translate_baseline(image, ref_pose: dict, driving: list[dict], frames: int) -> np.ndarray:
   """The pose-guided translation of the reference (`pose.translate_reference`, spec §6.4) onto
-  each driving frame, as a video (N,H,W,3): the reference moved and scaled, nothing animated."""
+  each driving frame, as a video (F,H,W,3): the reference moved and scaled, nothing animated."""
   from o2a_jax.pose import translate_reference
 
   return np.stack([translate_reference(image, ref_pose, d)[0] for d in driving[:frames]])
@@ -205,7 +205,7 @@ def animate(
   seed: int = 42,
   progress: bool = True,
 ) -> np.ndarray:
-  """Animates `inputs` (a `Prepared`); uint8 (N,H,W,3).
+  """Animates `inputs` (a `Prepared`); uint8 (F,H,W,3).
 
   `drop_reference`: the reference-extractor ablation: the reference and its mask are replaced by
   the black image the model sees when the reference is dropped in training (ref CFG off).

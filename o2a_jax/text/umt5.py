@@ -10,8 +10,8 @@ stream in float32 (transformers keeps `wo` in float32 for this model family, whi
 residual stream float32 after the first feed-forward), softmax in float32. The output is cast to
 `dtype`, as the reference casts the final norm to the weights' dtype.
 
-Dims: B batch, S tokens (query), L tokens (key), D width, N heads, K head dim, F MLP hidden,
-V vocabulary, R relative-position buckets.
+Dims: B batch, L tokens (as queries), S tokens (as keys; the same sequence), D width, N heads,
+K head dim, M MLP hidden, V vocabulary, R relative-position buckets.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class UMT5Encoder(nnx.Module):
       if attention_mask.shape != (b, s):
         raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids {(b, s)}")
       keep = attention_mask > 0
-    keep = keep[:, None, None, :]  # B 1 1 L
+    keep = keep[:, None, None, :]  # B 1 1 S (keys)
 
     x = jnp.take(self.embedding[...], input_ids, axis=0).astype(jnp.float32)  # B S D
     x = sharding.constrain(x, ("act_batch", "act_tokens", "act_embed"))
@@ -204,22 +204,24 @@ class UMT5Encoder(nnx.Module):
       x, params = jax.lax.optimization_barrier((x, stacked))
       p = {k: jax.lax.dynamic_index_in_dim(v, i, keepdims=False) for k, v in params.items()}
       h = rms_norm_f32(x, p["attn_norm"], cfg.eps).astype(dt)
-      q = jnp.einsum("BSD,DH->BSH", h, p["q"].astype(dt)).reshape(b, s, nh, hd)
-      k = jnp.einsum("BSD,DH->BSH", h, p["k"].astype(dt)).reshape(b, s, nh, hd)
-      v = jnp.einsum("BSD,DH->BSH", h, p["v"].astype(dt)).reshape(b, s, nh, hd)
+      heads = lambda w: w.astype(dt).reshape(w.shape[0], nh, hd)  # D (N K) -> D N K
+      q = jnp.einsum("BLD,DNK->BLNK", h, heads(p["q"]))
+      k = jnp.einsum("BSD,DNK->BSNK", h, heads(p["k"]))
+      v = jnp.einsum("BSD,DNK->BSNK", h, heads(p["v"]))
       # UMT5 does not scale q.k by 1/sqrt(K): the scale is folded into the weights.
-      logits = jnp.einsum("BSNK,BLNK->BNSL", q, k, preferred_element_type=jnp.float32)
-      bias = jnp.take(p["rel_bias"].astype(jnp.float32), buckets, axis=0)  # S L N
+      logits = jnp.einsum("BLNK,BSNK->BNLS", q, k, preferred_element_type=jnp.float32)
+      bias = jnp.take(p["rel_bias"].astype(jnp.float32), buckets, axis=0)  # L S N
       logits = logits + jnp.transpose(bias, (2, 0, 1))[None]
       probs = jax.nn.softmax(jnp.where(keep, logits, neg), axis=-1).astype(dt)
-      a = jnp.einsum("BNSL,BLNK->BSNK", probs, v).reshape(b, s, nh * hd)
-      x = x + jnp.einsum("BSH,HD->BSD", a, p["o"].astype(dt)).astype(jnp.float32)
+      a = jnp.einsum("BNLS,BSNK->BLNK", probs, v)
+      o = p["o"].astype(dt).reshape(nh, hd, -1)  # (N K) D -> N K D
+      x = x + jnp.einsum("BLNK,NKD->BLD", a, o).astype(jnp.float32)
       x = sharding.constrain(x, ("act_batch", "act_tokens", "act_embed"))
 
       h = rms_norm_f32(x, p["ffn_norm"], cfg.eps).astype(dt)
-      g = act(jnp.einsum("BSD,DF->BSF", h, p["wi_0"].astype(dt)))
-      u = jnp.einsum("BSD,DF->BSF", h, p["wi_1"].astype(dt))
-      x = x + jnp.einsum("BSF,FD->BSD", g * u, p["wo"].astype(dt)).astype(jnp.float32)
+      g = act(jnp.einsum("BLD,DM->BLM", h, p["wi_0"].astype(dt)))
+      u = jnp.einsum("BLD,DM->BLM", h, p["wi_1"].astype(dt))
+      x = x + jnp.einsum("BLM,MD->BLD", g * u, p["wo"].astype(dt)).astype(jnp.float32)
       return sharding.constrain(x, ("act_batch", "act_tokens", "act_embed"))
 
     x = jax.lax.fori_loop(0, cfg.num_layers, block, x)
