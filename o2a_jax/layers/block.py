@@ -11,6 +11,8 @@ the compute dtype, the gate products in float32 before the cast back.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -23,21 +25,27 @@ from o2a_jax.layers.norms import AffineLayerNorm, layer_norm_f32, param
 ACT = ("act_batch", "act_tokens", "act_embed")
 
 
-def modulation(
-  table: jax.Array, tproj: jax.Array, tr_tproj: jax.Array | None, tr_mask: jax.Array | None
-) -> list[jax.Array]:
-  """(table + tproj) split into its n parts, float32, each (B, 1, D) or (B, L, D).
+class TokenReplace(NamedTuple):
+  """TokenReplace: the tokens in `mask` (L,) (the latent frames kept clean) take the modulation of
+  `tproj` (B, 6, D) in the blocks and `temb` (B, D) in the output head, made from t = 0 (or from
+  a sample's own t where TokenReplace is off for it)."""
 
-  With TokenReplace, tokens where `tr_mask` (L,) is true take the t = 0 modulation `tr_tproj`.
-  """
+  tproj: jax.Array
+  temb: jax.Array
+  mask: jax.Array
+
+
+def modulation(table: jax.Array, tproj: jax.Array, tr: TokenReplace | None) -> list[jax.Array]:
+  """(table + tproj) split into its n parts, float32, each (B, 1, D) or, with TokenReplace,
+  (B, L, D) where the tokens of `tr.mask` take the modulation of `tr.tproj`."""
   n = table.shape[-2]
   base = table.astype(jnp.float32) + tproj.astype(jnp.float32)  # B n D
   parts = [base[:, i : i + 1] for i in range(n)]
-  if tr_tproj is None:
+  if tr is None:
     return parts
-  tr = table.astype(jnp.float32) + tr_tproj.astype(jnp.float32)
-  mask = tr_mask[None, :, None]
-  return [jnp.where(mask, tr[:, i : i + 1], p) for i, p in enumerate(parts)]
+  alt = table.astype(jnp.float32) + tr.tproj.astype(jnp.float32)
+  mask = tr.mask[None, :, None]
+  return [jnp.where(mask, alt[:, i : i + 1], p) for i, p in enumerate(parts)]
 
 
 class Block(nnx.Module):
@@ -79,12 +87,11 @@ class Block(nnx.Module):
     ref: jax.Array | None = None,
     q_ref_rope: Rope | None = None,
     k_ref_rope: Rope | None = None,
-    tr_tproj: jax.Array | None = None,
-    tr_mask: jax.Array | None = None,
+    tr: TokenReplace | None = None,
   ) -> jax.Array:
     """h (B, L, D) in the compute dtype; tproj (B, 6, D) -> (B, L, D)."""
     shift, scale, gate, c_shift, c_scale, c_gate = modulation(
-      self.scale_shift_table[...], tproj, tr_tproj, tr_mask
+      self.scale_shift_table[...], tproj, tr
     )
     dt = h.dtype
     n = (layer_norm_f32(h, self.eps) * (1 + scale) + shift).astype(dt)

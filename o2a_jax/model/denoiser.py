@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from o2a_jax import sharding
-from o2a_jax.layers.block import ACT, Block
+from o2a_jax.layers.block import ACT, Block, TokenReplace
 from o2a_jax.layers.conv_encoders import PoseEncoder, PrefixEncoder
 from o2a_jax.layers.embeddings import (
   PatchEmbed,
@@ -155,78 +155,88 @@ class Denoiser(nnx.Module):
       return_activations: also return a dict of intermediate activations (for parity tests).
     """
     cfg = self.cfg
-    dt = cfg.compute_dtype
     self._check_inputs(latents, timestep, text_embeds, ref_latents, pose_video, ref_pose)
+    acts = {}
+    hs, grid = self._embed(latents, ref_latents, acts)
+    ropes = self._ropes(grid)
+    timestep = timestep.astype(jnp.float32)
+    temb, tproj = self.time_embedder(timestep)
+    tr = self._token_replace(token_replace, timestep, grid)
+    text = self.text_embedder(text_embeds.astype(cfg.compute_dtype))
+    ref_feats = self.refextractor(ref_latents, timestep, ropes["k_ref_rope"])  # R B S D
+    acts["refextractor"] = ref_feats
+    pose_tok = self._pose_tokens(pose_video, ref_pose, acts) if cfg.pose_branch else None
+    hs = self._blocks(
+      hs, tproj, ref_feats, pose_tok, pose_scale, dict(text=text, tr=tr, **ropes), acts,
+      return_activations,
+    )  # fmt: skip
+    out = self._head(hs, temb, tr, grid)
+    return (out, acts) if return_activations else out
+
+  def _embed(self, latents, ref_latents, acts) -> tuple[jax.Array, tuple[int, int, int]]:
+    """Latents (with the reference prefix frame in front) -> tokens (B, L, D) and their grid."""
+    cfg, dt = self.cfg, self.cfg.compute_dtype
     b, t, h, w, _ = latents.shape
     p = cfg.patch_size[1]
-    n_prefix = int(cfg.prefix_frame)
-    grid = (t + n_prefix, h // p, w // p)
-    n_frame = grid[1] * grid[2]
-    acts = {}
-
-    # Reference prefix frame, patch embedding, RoPE tables.
     x = latents.astype(dt)
     if cfg.prefix_frame:
       prefix = self.image_to_cond(ref_latents)  # B 1 h w C
       x = jnp.concatenate([prefix.astype(dt), x], axis=1)
       acts["image_to_cond"] = prefix
     tok = self.patch_embedding(x)  # B T+1 H W D
-    hs = sharding.constrain(tok.reshape(b, -1, cfg.dim), ACT)
-    rope = rope_tables(grid, cfg.head_dim, theta=cfg.rope_theta, max_len=cfg.rope_max_seq_len)
-    q_ref_rope = rope_tables(
-      grid, cfg.head_dim, theta=cfg.rope_theta, max_len=cfg.rope_max_seq_len, zero_time=True
-    )
-    k_ref_rope = rope_tables(
-      (1,) + grid[1:],
-      cfg.head_dim,
-      theta=cfg.rope_theta,
-      max_len=cfg.rope_max_seq_len,
-      zero_time=True,
+    acts["patch_embedding"] = tok
+    return sharding.constrain(tok.reshape(b, -1, cfg.dim), ACT), (
+      t + int(cfg.prefix_frame),
+      h // p,
+      w // p,
     )
 
-    # Time and text conditioning.
-    timestep = timestep.astype(jnp.float32)
-    temb, tproj = self.time_embedder(timestep)
-    tr_tproj = tr_temb = tr_mask = None
+  def _ropes(self, grid) -> dict:
+    """The RoPE tables: the video's, and HRFA's with frame index 0 for queries and references."""
+    cfg = self.cfg
+    kw = dict(theta=cfg.rope_theta, max_len=cfg.rope_max_seq_len)
+    return dict(
+      rope=rope_tables(grid, cfg.head_dim, **kw),
+      q_ref_rope=rope_tables(grid, cfg.head_dim, zero_time=True, **kw),
+      k_ref_rope=rope_tables((1,) + tuple(grid[1:]), cfg.head_dim, zero_time=True, **kw),
+    )
+
+  def _token_replace(self, token_replace, timestep, grid) -> TokenReplace | None:
+    """The t = 0 modulation of the latent frames TokenReplace keeps clean, or None."""
     per_sample = not isinstance(token_replace, (bool, np.bool_))
-    if per_sample or token_replace:
-      if t < TOKEN_REPLACE_FRAMES:
-        raise ValueError(
-          f"TokenReplace needs at least {TOKEN_REPLACE_FRAMES} latent frames, got {t}"
-        )
-      if per_sample:
-        token_replace = jnp.asarray(token_replace)
-        if token_replace.shape != (b,):
-          raise ValueError(f"token_replace has shape {token_replace.shape}; expected ({b},)")
-        tr_t = jnp.where(token_replace, 0.0, timestep)
-      else:
-        tr_t = jnp.zeros_like(timestep)
-      tr_temb, tr_tproj = self.time_embedder(tr_t)
-      idx = jnp.arange(grid[0] * n_frame)
-      tr_mask = (idx >= n_prefix * n_frame) & (idx < (n_prefix + TOKEN_REPLACE_FRAMES) * n_frame)
-    text = self.text_embedder(text_embeds.astype(dt))
+    if not (per_sample or token_replace):
+      return None
+    b, t = timestep.shape[0], grid[0] - int(self.cfg.prefix_frame)
+    if t < TOKEN_REPLACE_FRAMES:
+      raise ValueError(f"TokenReplace needs at least {TOKEN_REPLACE_FRAMES} latent frames, got {t}")
+    if per_sample:
+      token_replace = jnp.asarray(token_replace)
+      if token_replace.shape != (b,):
+        raise ValueError(f"token_replace has shape {token_replace.shape}; expected ({b},)")
+      tr_t = jnp.where(token_replace, 0.0, timestep)
+    else:
+      tr_t = jnp.zeros_like(timestep)
+    temb, tproj = self.time_embedder(tr_t)
+    n_frame, first = grid[1] * grid[2], int(self.cfg.prefix_frame)
+    idx = jnp.arange(grid[0] * n_frame)
+    mask = (idx >= first * n_frame) & (idx < (first + TOKEN_REPLACE_FRAMES) * n_frame)
+    return TokenReplace(tproj=tproj, temb=temb, mask=mask)
 
-    # Reference features and pose tokens.
-    ref_feats = self.refextractor(ref_latents, timestep, k_ref_rope)  # (M+1) B S D
-    acts.update({"patch_embedding": tok, "refextractor": ref_feats})
-    if cfg.pose_branch:
-      pose_ref = self.pose_encoder(ref_pose)  # B 1 H W D
-      pose_drv = self.pose_encoder(pose_video)  # B T H W D
-      pose_tok = jnp.concatenate([pose_ref, pose_drv], axis=1).reshape(b, -1, cfg.dim)
-      acts.update({"pose_ref": pose_ref, "pose_video": pose_drv})
+  def _pose_tokens(self, pose_video, ref_pose, acts) -> jax.Array:
+    """Pose tokens (B, L, D): the reference pose's frame, then the driving poses'."""
+    pose_ref = self.pose_encoder(ref_pose)  # B 1 H W D
+    pose_drv = self.pose_encoder(pose_video)  # B T H W D
+    acts.update({"pose_ref": pose_ref, "pose_video": pose_drv})
+    b = pose_ref.shape[0]
+    return jnp.concatenate([pose_ref, pose_drv], axis=1).reshape(b, -1, self.cfg.dim)
 
+  def _blocks(self, hs, tproj, ref_feats, pose_tok, pose_scale, blk_kw, acts, return_activations):
+    """Main block 0; then blocks 1..P, each followed by its pose block; then the rest."""
+    cfg, dt = self.cfg, self.cfg.compute_dtype
     scale = jnp.asarray(pose_scale, dt)
     if scale.ndim == 1:
       scale = scale[:, None, None]
     interval = cfg.ref_interval
-    blk_kw = dict(
-      rope=rope,
-      text=text,
-      q_ref_rope=q_ref_rope,
-      k_ref_rope=k_ref_rope,
-      tr_tproj=tr_tproj,
-      tr_mask=tr_mask,
-    )
     run = dict(scan=cfg.scan_layers, remat=cfg.remat)
 
     def main(block, hs, index):
@@ -237,7 +247,6 @@ class Denoiser(nnx.Module):
       out = main(block, carry, index)
       return out, (out if return_activations else None)
 
-    # Main block 0; then blocks 1..P, each followed by its pose block; then the rest.
     hs, ys0 = stack.run(self.blocks, main_body, hs, 0, 1, **run)
     n_pose = cfg.pose_layers
     ys_pose = None
@@ -249,9 +258,7 @@ class Denoiser(nnx.Module):
         hs, ctrl = carry
         pose_params, zero_params = x
         out = main(block, hs, index)
-        ctrl = nnx.merge(pose_graph, pose_params)(
-          ctrl, tproj, rope=rope, tr_tproj=tr_tproj, tr_mask=tr_mask
-        )
+        ctrl = nnx.merge(pose_graph, pose_params)(ctrl, tproj, rope=blk_kw["rope"], tr=blk_kw["tr"])
         res = nnx.merge(zero_graph, zero_params)(ctrl)
         hs = out + (res * scale).astype(dt)
         ys = (out, ctrl) if return_activations else None
@@ -267,19 +274,21 @@ class Denoiser(nnx.Module):
       acts["blocks"] = jnp.concatenate(mains, axis=0)
       if n_pose:
         acts["pose_blocks"] = ys_pose[1]
+    return hs
 
-    # Output head: modulation from temb (not tproj), as the official code; prefix dropped.
+  def _head(self, hs, temb, tr: TokenReplace | None, grid) -> jax.Array:
+    """Output head: modulation from temb (not tproj), as the official code; prefix dropped."""
+    cfg = self.cfg
     table = self.scale_shift_table[...]
     head = (table + temb[:, None].astype(table.dtype)).astype(jnp.float32)  # B 2 D
-    shift, scale_ = head[:, :1], head[:, 1:]
-    if tr_temb is not None:
-      tr_head = (table + tr_temb[:, None].astype(table.dtype)).astype(jnp.float32)
-      m = tr_mask[None, :, None]
+    shift, scale = head[:, :1], head[:, 1:]
+    if tr is not None:
+      tr_head = (table + tr.temb[:, None].astype(table.dtype)).astype(jnp.float32)
+      m = tr.mask[None, :, None]
       shift = jnp.where(m, tr_head[:, :1], shift)
-      scale_ = jnp.where(m, tr_head[:, 1:], scale_)
-    y = self.proj_out((layer_norm_f32(hs, cfg.eps) * (1 + scale_) + shift).astype(dt))
-    out = unpatchify(y, grid, p, cfg.out_channels)[:, n_prefix:]
-    return (out, acts) if return_activations else out
+      scale = jnp.where(m, tr_head[:, 1:], scale)
+    y = self.proj_out((layer_norm_f32(hs, cfg.eps) * (1 + scale) + shift).astype(cfg.compute_dtype))
+    return unpatchify(y, grid, cfg.patch_size[1], cfg.out_channels)[:, int(cfg.prefix_frame) :]
 
 
 def build_denoiser(cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
