@@ -24,18 +24,12 @@ Used by `o2a` commands as `--config configs/o2a.py:1.3b --config.model.attn_impl
 `o2a train --config configs/o2a.py:model=tiny,stage=2 --workdir DIR --config.optim.lr=1e-5`.
 """
 
+import dataclasses
+
 import ml_collections as mlc
 
 from o2a_jax import config_lib, sharding
-from o2a_jax.model.config import PRESETS
-
-# The VAE architecture per model preset (diffusers AutoencoderKLWan arguments). `tiny` is the
-# golden fixture's small VAE (shared/golden/vae_tiny); the others are the shipped Wan2.1 VAE.
-_VAE = {
-  "tiny": dict(base_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1),
-  "1.3b": dict(base_dim=96, dim_mult=(1, 2, 4, 4), num_res_blocks=2),
-  "14b": dict(base_dim=96, dim_mult=(1, 2, 4, 4), num_res_blocks=2),
-}
+from o2a_jax.model.config import PRESET_DEFAULTS, PRESETS, preset
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -61,39 +55,17 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.seed = 0
   c.stage = arg.stage
-  c.model = mlc.ConfigDict(
-    dict(
-      num_heads=0,
-      head_dim=128,
-      num_layers=0,
-      ffn_dim=0,
-      text_dim=4096,
-      freq_dim=256,
-      ref_layers=0,
-      pose_layers=0,
-      in_channels=16,
-      ref_in_channels=32,
-      out_channels=16,
-      patch_size=(1, 2, 2),
-      eps=1e-6,
-      hint_channels=(16, 16, 16, 16),
-      hint_groups=4,
-      hint_time_down=(False, True, True, False),
-      cond_channels=16,
-      cond_blocks=3,
-      cond_groups=4,
-      rope_max_seq_len=1024,
-      rope_theta=10000.0,
-      dtype="bfloat16" if arg.bf16 else "float32",
-      param_dtype="bfloat16" if arg.bf16 else "float32",
-      attn_impl=arg.attn,
-      scan_layers=not arg.noscan,
-      remat=arg.remat,
-      prefix_frame=True,
-      pose_branch=True,
-    )
+  # The preset's DenoiserConfig (its defaults in one home, o2a_jax.model.config) plus the options.
+  dtype = "bfloat16" if arg.bf16 else "float32"
+  model = preset(
+    variant,
+    dtype=dtype,
+    param_dtype=dtype,
+    attn_impl=arg.attn,
+    scan_layers=not arg.noscan,
+    remat=arg.remat,
   )
-  c.model.update(PRESETS[variant])
+  c.model = mlc.ConfigDict(dataclasses.asdict(model))
   if arg.small:
     # Same structure as `tiny` (every block kind, HRFA, pose branch), fewer and narrower layers:
     # the training-loop tests compile and run it in seconds.
@@ -157,7 +129,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # .safetensors (S, text_dim) file, e.g. from `o2a text embed`; "" = zeros of `length` tokens.
   c.text = mlc.ConfigDict(dict(embeds="", length=7 if variant == "tiny" else 226))
 
-  c.vae = mlc.ConfigDict(dict(path="", seed=0, **_VAE[variant]))
+  c.vae = mlc.ConfigDict(dict(path="", seed=0, **PRESET_DEFAULTS[variant].vae))
   if arg.small:
     c.vae.base_dim = 8
   c.vae.dim_mult = tuple(c.vae.dim_mult)

@@ -21,8 +21,9 @@ import time
 import numpy as np
 
 from o2a_jax.cli_types import dtype_name
-from o2a_jax.inference.prepare import MAX_SHORT, MODES
+from o2a_jax.inference.prepare import MODES
 from o2a_jax.io.output_paths import check_output
+from o2a_jax.model.config import defaults_for
 
 EPILOG = __doc__.replace("```\n", "")  # the module docstring, without its Markdown fences
 
@@ -147,7 +148,7 @@ def _add_generation_args(p, *, mode_default: str):
     "--max-short",
     type=int,
     default=None,
-    help="cap of the short side (default 384 for 1.3B-wide models, 576 for 14B)",
+    help="cap of the short side (default: the preset's, 384 for 1.3B-wide models, 576 for 14B)",
   )
   r.add_argument("--no-face-change", action="store_true", help="draw faces at full brightness")
   r.add_argument("--head-change", action="store_true", help="dim the head joints")
@@ -366,12 +367,12 @@ def _load_models(args, *, progress: bool):
 
 
 def _defaults_from_model(args, model):
-  wide = model.cfg.dim >= 5120  # the 14B width
+  defaults = defaults_for(model.cfg)  # the preset's, by the checkpoint's width
   if args.image_guidance is None:
-    args.image_guidance = 2.0 if wide else 2.5
+    args.image_guidance = defaults.image_guidance
   args._max_short = args.max_short
-  if args.max_short is None and args.size is None and model.cfg.dim >= 1536:
-    args._max_short = MAX_SHORT["14b" if wide else "1.3b"]
+  if args.max_short is None and args.size is None:
+    args._max_short = defaults.max_short
 
 
 def _sample(args, model, vae, mesh, inputs, *, reproduce_official=False, progress=True):

@@ -34,7 +34,6 @@ from o2a_jax.pose.schema import as_pose, present_joints
 
 MODES = ("ref", "pose")
 MULTIPLE = 16  # VAE x8 and patch x2
-MAX_SHORT = {"1.3b": 384, "14b": 576}
 
 
 @dataclasses.dataclass

@@ -156,6 +156,39 @@ PRESETS: dict[str, dict] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class PresetDefaults:
+  """What a preset implies beyond the denoiser: its VAE and its inference defaults.
+
+  vae: the VAE architecture (`VAEConfig` fields; diffusers `AutoencoderKLWan` arguments).
+  max_short: the default short side of generated videos in pixels (None: the inputs' size).
+  image_guidance: the default reference guidance scale.
+  """
+
+  vae: dict
+  max_short: int | None
+  image_guidance: float
+
+
+_WAN_VAE = dict(base_dim=96, dim_mult=(1, 2, 4, 4), num_res_blocks=2)  # the shipped Wan2.1 VAE
+PRESET_DEFAULTS: dict[str, PresetDefaults] = {
+  # The golden fixture's small VAE (shared/golden/vae_tiny).
+  "tiny": PresetDefaults(
+    vae=dict(base_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1), max_short=None,
+    image_guidance=2.5,
+  ),
+  "1.3b": PresetDefaults(vae=_WAN_VAE, max_short=384, image_guidance=2.5),
+  "14b": PresetDefaults(vae=_WAN_VAE, max_short=576, image_guidance=2.0),
+}  # fmt: skip
+
+
+def defaults_for(cfg: DenoiserConfig) -> PresetDefaults:
+  """The defaults of the widest preset not wider than `cfg` (a checkpoint's architecture)."""
+  width = lambda name: preset(name).dim
+  fits = [n for n in PRESETS if width(n) <= cfg.dim]
+  return PRESET_DEFAULTS[max(fits, key=width) if fits else min(PRESETS, key=width)]
+
+
 def preset(name: str, **overrides) -> DenoiserConfig:
   """The named architecture (`tiny`, `1.3b`, `14b`) with optional field overrides."""
   if name not in PRESETS:
