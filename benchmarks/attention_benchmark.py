@@ -1,7 +1,8 @@
 """Benchmark of the attention sublayer (RoPE + self + reference attention) per implementation.
 
 The unit is `kernels.hybrid_attention` on un-rotated q/k with (cos, sin) tables: RoPE plus both
-branches with separate softmaxes, summed (spec §2.9). Reported: forward and backward TFLOP/s,
+branches with separate softmaxes, summed (official main block with hybrid reference attention).
+Reported: forward and backward TFLOP/s,
 counting matmul FLOPs only: forward 4·B·N·K·Lq·(Lq + S); backward 2.5x forward (the usual
 flash-attention convention: five matmuls against two). Backward time is (forward+backward)
 minus forward.

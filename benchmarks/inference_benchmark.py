@@ -1,6 +1,6 @@
 """Inference benchmark: seconds per denoising step and per video, random weights.
 
-Shapes (spec §5): 1.3B at 81 frames 480x832, 14B at 81 frames 720x1280, 30 Euler steps,
+Shapes (official sampling): 1.3B at 81 frames 480x832, 14B at 81 frames 720x1280, 30 Euler steps,
 three-pass guidance (the three passes are one batched model call per step), bf16. Everything is
 built from a fresh clone with random weights (no downloads), so it can run beside other
 implementations on the same machine.

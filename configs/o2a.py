@@ -7,7 +7,8 @@ r"""One-to-All configurations: model presets, the golden-fixture model, and the 
 
 Options (comma-separated `name=value`, a bare name sets a flag; the first bare token is the model):
   model=tiny|1.3b|14b   architecture (`variant=` is the older spelling)
-  stage=1|2|3           training stage (spec §7.1): trainable set, loss weights, data settings
+  stage=1|2|3           training stage (official three training stages): trainable set, loss
+  weights, data settings
   bf16                  bfloat16 compute and frozen-parameter storage (trainable masters stay f32)
   attn=<impl>           attention implementation (`kernels.attention`)
   remat=<policy>        rematerialisation policy per scanned block (none|full|dots|dots_no_batch)
@@ -85,7 +86,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
       )
     )
   if arg.stage == 1:
-    # The stage-1 model (spec §7.1): backbone + extractor, no prefix frame, no pose branch.
+    # The stage-1 model (official three training stages): backbone + extractor, no prefix frame, no
+    # pose branch.
     c.model.update(dict(prefix_frame=False, pose_branch=False, pose_layers=0))
   if variant == "tiny":
     # The golden fixture's inputs: 2 samples, 9 frames (3 latent), 64x96 pixels, 7 text tokens.
@@ -108,7 +110,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # With a context axis > 1: how attention spans it (kernels/attention/context_parallel.py):
   # "allgather" (K/V gathered; any head count) or "ulysses" (all-to-all over heads).
   c.train.context_parallel = "allgather"
-  # Trainable parameters: "official" (the stage's set, spec §7.1) or "all" (no pretrained backbone).
+  # Trainable parameters: "official" (the stage's set, official three training stages) or "all" (no
+  # pretrained backbone).
   c.train.trainable = "official"
   # Per-block rematerialisation and compute precision: views of the model fields they set.
   c.train.remat = c.model.get_ref("remat")
@@ -118,7 +121,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.sharding = mlc.ConfigDict()
   c.sharding.rules = tuple(sharding.RULES)
 
-  # Initialisation (spec §7.12): "" = random (tests, smoke runs); else a native Orbax checkpoint,
+  # Initialisation (official initialisation): "" = random (tests, smoke runs); else a native Orbax
+  # checkpoint,
   # the Wan2.1-T2V diffusers transformer (stage 1), a stage-1 export (stage 2) or a full
   # One-to-All checkpoint (stage 3, fine-tuning); a resumed run ignores it.
   c.init = mlc.ConfigDict()
@@ -173,7 +177,8 @@ def _puppet(c: mlc.ConfigDict, vae: str) -> None:
   # the loaded VAE into training and sampling alike); checked here so a VAE without them fails
   # before any work.
   read_latent_stats(vae)
-  # Training text is always the empty prompt (spec §7.8); here it is zeros of (7, text_dim):
+  # Training text is always the empty prompt (official condition dropout); here it is zeros of (7,
+  # text_dim):
   # no text encoder exists for the toy, and sampling uses the same zeros.
   c.text.embeds = ""
   c.data.source = ""  # the `o2a data build official` folder of a puppet world (required)

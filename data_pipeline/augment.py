@@ -1,4 +1,4 @@
-"""Sample augmentations of spec §7.5-7.8 as pure functions of (inputs, numpy Generator).
+"""Sample augmentations of official training recipe as pure functions of (inputs, numpy Generator).
 
 Geometry is expressed as nearest-neighbour index maps instead of resampled images: the official
 code zeroes regions and zooms at the original resolution, then centre-crops and nearest-resizes to
@@ -149,7 +149,7 @@ def face_regions(poses: list, h0: int, w0: int, hand_mask: bool) -> list[Region]
   """Per latent frame: union of face (and hand) boxes of its pixel frames.
 
   A part (the face, each hand) is left out of a latent frame if any of its pixel frames fails the
-  score test (spec §7.5 "Afterwards").
+  score test (official reference masking augmentation "Afterwards").
   """
   per_frame_face = [face_box(p, h0, w0) for p in poses]
   per_frame_hands = [hand_boxes(p, h0, w0) if hand_mask else [] for p in poses]
@@ -209,7 +209,8 @@ class RefPlan:
   ref_keep: bool = False  # pose dropped, reference kept (T = 1: target = unmasked reference)
   zoom_ref: float = 1.0
   zoom_video: float = 1.0
-  # Official §8.22 quirk (images, reproduce_official): the reference is zoomed twice, the mask once
+  # Official bug: second draw for the reference drop quirk (images, reproduce_official): the
+  # reference is zoomed twice, the mask once
   # and the reference pose not at all.
   ref_zoom_quirk: bool = False
 
@@ -256,7 +257,9 @@ def _zoom(plan: RefPlan, rng, cfg, zmax: float) -> None:
 
 
 def plan_video_reference(rng, cfg, ref_pose: dict, h0: int, w0: int, aspect_wh: float) -> RefPlan:
-  """`apply_random_cropping_strategy_v2` (spec §7.5, videos and single-frame video samples)."""
+  """`apply_random_cropping_strategy_v2` (official reference masking augmentation, videos and
+  single-frame video samples).
+  """
   plan = RefPlan()
   p = rng.random()
   if p < cfg.pose_cfg:
@@ -282,13 +285,15 @@ def plan_video_reference(rng, cfg, ref_pose: dict, h0: int, w0: int, aspect_wh: 
 def plan_image_reference(
   rng, cfg, src_pose: dict, h0: int, w0: int, aspect_wh: float, same_image: bool
 ) -> RefPlan:
-  """`apply_image_augmentation_strategy_v2` (spec §7.5 images), fixed or official (§8.22).
+  """`apply_image_augmentation_strategy_v2` (official reference masking augmentation images), fixed
+  or official (official bug: second draw for the reference drop).
 
   Fixed (default): one draw decides pose+reference drop / reference drop, and both return; zoom
   treats reference, mask and reference pose alike. Official: a second independent draw for the
   reference drop, the pose-drop branch falls through to ref_keep/zoom, and the reference-zoom
   quirk. In both modes a same-image pair (stage 1 `--only_ref`) is always masked, since its target
-  would otherwise be a copy of the reference (this part of §8.22 is kept on purpose).
+  would otherwise be a copy of the reference (this part of official bug: second draw for the
+  reference drop is kept on purpose).
   """
   plan = RefPlan()
   official = cfg.reproduce_official
@@ -327,11 +332,13 @@ def plan_image_reference(
 
 
 def reference_noise(rng, ref: np.ndarray, mask: np.ndarray, cfg) -> tuple[np.ndarray, float]:
-  """GaussianNoiseAdder (spec §7.7) on a [-1,1] reference; returns (reference, sigma or 0).
+  """GaussianNoiseAdder (official reference noise augmentation) on a [-1,1] reference; returns
+  (reference, sigma or 0).
 
   With probability `ref_noise_prob` and only for non-black references, adds sigma·N(0,1) to the
   pixels outside the inpaint mask (mask < 0.5). sigma = exp(N(mean, std)) (fixed, default) or the
-  official double exponential exp(exp(N(mean, std))) (spec §8.1, `reproduce_official`).
+  official double exponential exp(exp(N(mean, std))) (official bug: double exp in the reference
+  noise sigma, `reproduce_official`).
   """
   if rng.random() >= cfg.ref_noise_prob or float(ref.max()) <= -0.99:
     return ref, 0.0

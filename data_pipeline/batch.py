@@ -6,7 +6,8 @@ Every iterator that feeds `o2a train` yields dicts of numpy arrays with exactly 
   video        (B,F,H,W,3) float32 in [-1,1]  target clip, F = 4k+1 (images: F = 1)
   pose_video   (B,F,H,W,3) float32 in [-1,1]  rendered driving poses; all -1 when dropped
   ref_image    (B,1,H,W,3) float32            masked reference in [-1,1]; the reference-noise
-                                              augmentation (spec §7.7) may leave [-1,1]
+                                              augmentation (official reference noise augmentation)
+                                              may leave [-1,1]
   ref_mask     (B,1,H,W,1) float32 in {0,1}   1 = the region the model must outpaint
   ref_pose     (B,1,H,W,3) float32 in [-1,1]  rendered reference pose
   face_mask    (B,T,H,W)   float32 in {0,1}   face (and hands) loss-weight mask per latent frame,
@@ -14,7 +15,8 @@ Every iterator that feeds `o2a train` yields dicts of numpy arrays with exactly 
   ocr_mask     (B,T,H,W)   float32 in {0,1}   0 inside text boxes (excluded from the loss)
   pose_dropped (B,)        bool               the pose video is black (pose scale 0)
 
-The train step VAE-encodes `video`, `ref_image` and `ref_mask` (spec §4.3) and resizes the
+The train step VAE-encodes `video`, `ref_image` and `ref_mask` (official reference and mask
+encoding) and resizes the
 masks to the latent grid; everything else about a sample is decided here.
 """
 

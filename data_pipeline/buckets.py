@@ -1,4 +1,5 @@
-"""Resolution / aspect-ratio / frame-count buckets (spec §7.3) and the frame stride (§7.4).
+"""Resolution / aspect-ratio / frame-count buckets (official bucketing and image/video mixing) and
+the frame stride (official frame sampling).
 
 `aspect_ratios.json` holds the official `ASPECT_RATIO_512` and `ASPECT_RATIO_768` tables
 (`video-generation/opensora/utils/aspect.py:375-460`, copied from the project's golden fixtures):
@@ -71,7 +72,8 @@ def frame_stride(fps: float, train_fps: int, *, eligibility: bool, reproduce_off
   """Pixel-frame stride of a training clip.
 
   The official dataset uses `max(int(fps/16), 1)` but bucket eligibility `round(fps/16)` (spec
-  §8.24); with `reproduce_official` both are kept, else both use the dataset's floor.
+  official bug: int vs round frame stride); with `reproduce_official` both are kept, else both use
+  the dataset's floor.
   """
   if reproduce_official and eligibility:
     return int(round(fps / train_fps))

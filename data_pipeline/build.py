@@ -1,7 +1,8 @@
 """Building training datasets (`o2a data build`): official layout or video folders -> records.
 
 Sources:
-- `build_official(csv)`: the official combined CSV (spec §7.2): video rows (`path`, `pose_path`,
+- `build_official(csv)`: the official combined CSV (official training data layout): video rows
+(`path`, `pose_path`,
   `fps`, `start_frame`, `end_frame`, `all_ocr_bbox`, `train_start_index`, `refimg_index`, ...) and
   image-group rows (`img_pairs` = list of {src_path, tgt_path, tgt_pose_path, ...}; the source pose
   is `<src stem>_pose.npy`). Optionally a pose-pool CSV (`pose_path, height, width`; the raw DWPose

@@ -107,7 +107,8 @@ def add_parser(subparsers) -> None:
   kinds = build.add_subparsers(dest="build_source", metavar="SOURCE", required=True)
 
   p = kinds.add_parser(
-    "official", help="from the official combined CSV + .npy pose files (spec §7.2)"
+    "official",
+    help="from the official combined CSV + .npy pose files (the official training data layout)",
   )
   p.add_argument("csv", help="combined_imgvid_dataset.csv (video and image-group rows)")
   p.add_argument("out", help="output dataset folder")

@@ -1,4 +1,5 @@
-"""The `config.data` section: per-stage sampling and augmentation settings (spec §7.1-7.8).
+"""The `config.data` section: per-stage sampling and augmentation settings (official training
+recipe).
 
 `get_data_config(stage)` returns the official recipe's values for stage 1, 2 or 3; configs in
 `configs/` embed it as `config.data` and override fields with dotted flags
@@ -72,11 +73,15 @@ def get_data_config(stage: int = 2) -> mlc.ConfigDict:
   c.ref_noise_prob = 0.5  # conditional_clear_ratio
   c.ref_noise_mean = -3.0
   c.ref_noise_std = 0.5
-  # Official bugs (spec §8) are reproduced only when this is True (default False = fixed): the
-  # double-exp reference noise sigma = exp(exp(N)) instead of exp(N) (§8.1); the image-augmentation
-  # branch quirks (§8.22: second draw for the reference drop, no return after the pose drop, the
+  # Official bugs (official known bugs) are reproduced only when this is True (default False =
+  # fixed): the
+  # double-exp reference noise sigma = exp(exp(N)) instead of exp(N) (official bug: double exp in
+  # the reference noise sigma); the image-augmentation
+  # branch quirks (official bug: second draw for the reference drop: second draw for the reference
+  # drop, no return after the pose drop, the
   # reference zoomed twice and its pose never); the round() stride of bucket eligibility and the
-  # two-second `one_more_second` (§8.24). The empty-pose-list crash (§8.23) is never reproduced.
+  # two-second `one_more_second` (official bug: int vs round frame stride). The empty-pose-list
+  # crash (official bug: empty pose list unpacked into three values) is never reproduced.
   c.reproduce_official = False
   c.worker_count = 0  # Grain multiprocessing workers; 0 = in-process
   c.read_threads = 1  # threads building samples in each process (Grain ReadOptions)

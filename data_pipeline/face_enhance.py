@@ -1,4 +1,4 @@
-"""Face enhancement / identity-robust driving poses (spec §7.6, DU:968-1222).
+"""Face enhancement / identity-robust driving poses (official face enhancement, DU:968-1222).
 
 A random pose from the pose pool is aligned to the sample (scale about the neck, neck onto neck),
 then the sample's head bones and face landmarks are moved towards the random person's proportions:

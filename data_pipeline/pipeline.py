@@ -1,7 +1,8 @@
 """The Grain training pipeline: epoch plans, per-sample loading, batching, state and metrics.
 
 Determinism. Epoch e is planned from (seed, e) alone: every record gets a bucket (resolution,
-aspect-ratio entry, frame count; spec §7.3), image pairs are mixed in at `image_ratio`, each
+aspect-ratio entry, frame count; official bucketing and image/video mixing), image pairs are mixed
+in at `image_ratio`, each
 bucket's samples are shuffled and cut into global batches of `global_batch` (the remainder of a
 bucket is dropped for the epoch), and the batches are shuffled. Global batch s is the s-th batch of
 the concatenated epochs; its row j is built with the RNG `np.random.default_rng([seed, s·G + j])`.
@@ -23,7 +24,8 @@ Checkpointing the iterator with Orbax (the state holds Grain's state plus the sk
     mngr.restore(step, args=ocp.args.Composite(params=..., data=checkpoint_restore_args(it)))
 
 `it` must be built with the same config (including `worker_count`) and process layout as the saved
-one: Grain restores into a different worker count silently wrongly (jax_stack.md §6.1), so
+one: Grain restores into a different worker count silently wrongly (a verified Grain 0.2.18
+pitfall), so
 `set_state` refuses a state saved under a different layout.
 """
 
@@ -113,7 +115,8 @@ class EpochPlanner:
     return state
 
   def _clip_capacity(self) -> np.ndarray:
-    """Longest clip (in sampled frames) each video supports, eligibility rule of §7.3/§8.24.
+    """Longest clip (in sampled frames) each video supports, eligibility rule of official bucketing
+    and image/video mixing/official bug: int vs round frame stride.
 
     Fixed: exactly the number of candidate frames `sample.candidate_frames` offers. Official:
     `(T_avail - 1) // round(fps/16) + 1` with `T_avail = min(end - start, 10 fps)`.
@@ -356,7 +359,7 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
 
 def _mark_flags_parsed() -> None:
   # grain 0.2.18 reads an absl flag in its workers; plain scripts have not parsed flags
-  # (google/grain#1355, jax_stack.md §9).
+  # (google/grain#1355).
   from absl import flags
 
   if not flags.FLAGS.is_parsed():

@@ -1,4 +1,5 @@
-"""One training sample from one record: frame sampling (spec §7.4), augmentations (§7.5-7.8),
+"""One training sample from one record: frame sampling (official frame sampling), augmentations
+(official training recipe),
 pose rendering, crop/resize to the bucket size and normalisation.
 
 `video_sample` / `pair_sample` are pure functions of (record, numpy Generator, config, bucket);
@@ -19,7 +20,9 @@ from o2a_jax.pose import as_pose, render
 
 
 def clip_window(rec_or_meta, cfg) -> tuple[int, int]:
-  """(start, end) stored-frame window after `--one_more_second` (official: +2 s, §8.24)."""
+  """(start, end) stored-frame window after `--one_more_second` (official: +2 s, official bug: int
+  vs round frame stride).
+  """
   fps = float(rec_or_meta["fps"])
   start, end = int(rec_or_meta["start_frame"]), int(rec_or_meta["end_frame"])
   n = int(rec_or_meta["n_frames"]) if "n_frames" in rec_or_meta else len(rec_or_meta["frames"])

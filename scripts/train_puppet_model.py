@@ -8,11 +8,13 @@
 (the exact commands and settings of the shipped weights are in assets/puppet_model/README.md)
 
 The project's own pipeline end to end: `o2a data build official` turns the world's `train.csv`
-(the official layout, spec §7.2) into ArrayRecords; each stage is one `o2a train` run with the
+(the official layout, official training data layout) into ArrayRecords; each stage is one `o2a
+train` run with the
 `puppet` config (`configs/o2a.py`: the `tiny` architecture, the shipped puppet VAE and its latent
 statistics, 64x64 clips of 9 frames, zero text embeddings for the always-empty prompt); after each
 stage the last checkpoint's parameters are exported in the official layout (`save_official`),
-which initialises the next stage as the recipe says (spec §7.12: a stage-1 export -> stage 2 with
+which initialises the next stage as the recipe says (official initialisation: a stage-1 export ->
+stage 2 with
 pose blocks copied from the backbone and zero projections; the stage-2 model -> stage 3). The toy
 has no Wan2.1-T2V backbone, so stage 1 starts from the seeded random init. The last export is
 copied to `--out` with `training.json` (commands, settings, wall times, per-stage loss curves).
@@ -130,8 +132,8 @@ def main(argv=None) -> int:
   p.add_argument(
     "--trainable",
     default="all,official,official",
-    help="trainable set of stages 1,2,3: official (spec §7.1) or all (default all,official,"
-    "official; the puppet config's own choice)",
+    help="trainable set of stages 1,2,3: official (the official stage's set) or all "
+    "(default all,official,official; the puppet config's own choice)",
   )
   p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps of every stage")
   p.add_argument("--batch", type=int, default=4, help="global batch (default 4)")

@@ -1,4 +1,5 @@
-"""Augmentation invariants (spec §7.4-7.8): masks, crops, dropout frequencies, face enhancement and
+"""Augmentation invariants (official training recipe): masks, crops, dropout frequencies, face
+enhancement and
 its dim signal, reference noise, index-map geometry."""
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from o2a_jax.sampling import guidance
 from o2a_jax.sampling.chunk import generate_chunk
 from o2a_jax.sampling.schedule import sigmas
 
-# Spec §5.1: the 30 sigmas of the released sampler (printed to 5 decimals there).
+# Official flow-matching scheduler: the 30 sigmas of the released sampler (printed to 5 decimals
+# there).
 SPEC_SIGMAS = [
   1.0, 0.99496, 0.98961, 0.98391, 0.97783, 0.97133, 0.96438, 0.95690, 0.94886, 0.94017,
   0.93076, 0.92053, 0.90938, 0.89717, 0.88374, 0.86891, 0.85243, 0.83402, 0.81332, 0.78987,

@@ -153,7 +153,8 @@ def test_retargeted_poses_render(retarget_tiny):
   assert img.shape == (64, 48, 3) and img.dtype == np.uint8 and img.any()
 
 
-# --- retarget_to_pose semantics and the fixed hand assignment (spec §8.14) ------------------------
+# --- retarget_to_pose semantics and the fixed hand assignment (official bug: align_to_pose hand
+# assignment) ------------------------
 
 
 def _copy(pose):

@@ -1,6 +1,7 @@
 """The train step on the tiny denoiser and tiny VAE: the loss falls, frozen parameters stay
 bit-identical, non-finite batches are skipped and counted, runs are reproducible; the stage
-trainable sets are the spec's (§7.1); the optimizer follows torch's AdamW / coupled-L2 Adam.
+trainable sets are the spec's (official three training stages); the optimizer follows torch's AdamW
+/ coupled-L2 Adam.
 """
 
 import re
@@ -147,7 +148,8 @@ def test_same_seed_same_result(setup, run):
   assert float(metrics["loss"]) == float(history[1]["loss"])
 
 
-# --- trainable sets (spec §7.1, the prose rules written independently of trainable.py) -----
+# --- trainable sets (official three training stages, the prose rules written independently of
+# trainable.py) -----
 
 SPEC = {
   1: (r"^blocks\.\d+\.attn1\.(add_k_proj|add_v_proj|norm_added_k|to_out\.0)\.", r"^refextractor\."),
@@ -285,7 +287,8 @@ def test_clipping_is_applied_before_adam():
   np.testing.assert_allclose(mu["w"], [3.0, 4.0, 0.0], rtol=1e-6)
 
 
-# --- stage initialisation (spec §7.12) on tiny shapes with a synthetic T2V state dict ---------
+# --- stage initialisation (official initialisation) on tiny shapes with a synthetic T2V state dict
+# ---------
 
 
 # A Wan2.1-T2V transformer has the backbone keys only (no HRFA, extractor or pose branch).

@@ -12,7 +12,8 @@ Implementations (`_IMPLS`):
 
 All take un-rotated q, k (B, L, N, K; rotate-half channel order) and (cos, sin) tables of
 shape (L, K/2); the fused kernels rotate inside. `hybrid_attention` is the fused two-branch
-(self + reference) form of spec §2.9: one pass per query tile, separate softmax normalisers,
+(self + reference) form of official main block with hybrid reference attention: one pass per query
+tile, separate softmax normalisers,
 summed outputs. Backends that take a kernel config accept `cfg=` through their own modules.
 Context-parallel wrappers are in `context_parallel.py`.
 """

@@ -2,7 +2,8 @@
 
 Every backend computes *multi-branch* attention: one query tensor attends to one or more key/value
 sets ("branches"), each with its own q and k RoPE tables and its own softmax, and the branch
-outputs are summed. Plain attention is one branch; the hybrid reference attention of spec §2.9
+outputs are summed. Plain attention is one branch; the hybrid reference attention of official main
+block with hybrid reference attention
 is two (self, reference). A backend supplies
 
   forward(q, ks, vs, qcos, qsin, kcos, ksin, cfg, residuals) -> (out, branch_outs, lses)

@@ -13,7 +13,7 @@ Changes against upstream:
   writes the tile back and fences (`commit_smem`) before the first wgmma;
 - K is rotated in XLA before the kernel: both compute warpgroups read every K slot, so an
   in-kernel rotation would need a fourth warpgroup or a cross-warpgroup barrier per slot
-  (spec jax_stack §1.4i; RoPE is ~1% of attention time at these lengths, §1.4j);
+  (a design choice of the fused-RoPE kernel; RoPE is ~1% of attention time at these lengths);
 - any key length: keys are padded to `block_kv` and the last tile masked with an iota; queries
   are padded to 2*block_q by the shared plumbing;
 - base-2 LSE residuals in the same format as `pallas_gpu`, whose dK/dV and dQ kernels

@@ -64,7 +64,9 @@ def hybrid_attention(
   q_ref_rope: Rope,
   k_ref_rope: Rope,
 ) -> jax.Array:
-  """Self-attention plus reference attention with separate softmaxes, summed (spec §2.9)."""
+  """Self-attention plus reference attention with separate softmaxes, summed (official main block
+  with hybrid reference attention).
+  """
   self_out = attention(q, k, v, q_rope=q_rope, k_rope=k_rope)
   ref_out = attention(q, k_ref, v_ref, q_rope=q_ref_rope, k_rope=k_ref_rope)
   return (self_out.astype(jnp.float32) + ref_out.astype(jnp.float32)).astype(v.dtype)

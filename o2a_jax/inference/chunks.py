@@ -1,4 +1,5 @@
-"""Chunk plans for long videos and their stitching (spec §5.3-5.4, §8.17).
+"""Chunk plans for long videos and their stitching (official TokenReplace at sampling, long-video
+chunking, official bug: split plan of at least two chunks).
 
 A video of F frames is generated as chunks of at most 81 frames (every chunk 4k + 1 frames, the
 VAE's causal grid). A chunk that starts after frame 0 is TokenReplace-conditioned on the 5 frames

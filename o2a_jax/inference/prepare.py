@@ -1,4 +1,5 @@
-"""Inference preprocessing (spec §5.5-5.6, §6.1): from a reference and driving poses to the
+"""Inference preprocessing (official inference inputs, inference resolution, official inference
+preprocessing): from a reference and driving poses to the
 model's inputs.
 
 Dims: F pixel frames, H/W height/width.
@@ -159,7 +160,7 @@ def inference_size(
   max_short: int | None = None,
   size: tuple[int, int] | None = None,
 ) -> tuple[int, int]:
-  """The (H, W) to sample at (spec §5.6).
+  """The (H, W) to sample at (official inference resolution).
 
   `size` (H, W) explicitly, else the input size with its short side capped at `max_short`; both
   sides floored to multiples of 16. Raises ValueError for sizes that end up below 16.
@@ -252,10 +253,11 @@ def prepare(
     ref: the reference's pose (keypoints or dict, see `Poses`).
     driving: the driving poses.
     mode: "ref" (keep the reference layout) or "pose" (translate it onto the driving pose).
-    retarget: retarget the driving poses to the reference (spec §6.5 / §6.6).
+    retarget: retarget the driving poses to the reference (official retargeting to the reference /
+    official align_to_pose).
     anchor: driving frame the reference is matched to; None picks it (`pick_anchor_frame`).
     size, max_short: see `inference_size`.
-    face_change, head_change, without_face: driving-pose rendering flags (spec §6.3).
+    face_change, head_change, without_face: driving-pose rendering flags (official pose rendering).
   """
   image = np.asarray(image)
   if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

@@ -2,7 +2,8 @@
 
 Dims: B batch, L tokens, S text tokens, D width, M MLP hidden.
 
-One class serves the three block kinds of the model (spec §2.3, §2.6, §2.9):
+One class serves the three block kinds of the model (official reference extractor, official pose
+path, official main block with hybrid reference attention):
 - main blocks: self-attention + HRFA, text cross-attention (`norm2`, `attn2`), FFN;
 - pose blocks and extractor blocks: self-attention and FFN only.
 Numerics follow the official block: modulation and norms in float32, the residual stream in

@@ -3,11 +3,12 @@
 Dims: B batch, F frames (pixel frames, fewer after each temporal downsampling), T latent frames,
 H/W height/width, C channels, D width.
 
-- `PoseEncoder` (official `input_hint_block`, a MiniHunyuanEncoder, spec §2.6): causal 3-D
+- `PoseEncoder` (official `input_hint_block`, a MiniHunyuanEncoder, official pose path): causal 3-D
   convolutions with replicate padding (T: 2 before, 0 after; H, W: 1 and 1), GroupNorm whose
   statistics span channels-in-group, time and space jointly, four down stages (x2 in space each,
   x2 in time where configured) and a zero-initialised output conv to the model width.
-- `PrefixEncoder` (official `image_to_cond`, a MiniEncoder2D, spec §2.2): per-frame 2-D
+- `PrefixEncoder` (official `image_to_cond`, a MiniEncoder2D, official reference prefix frame):
+per-frame 2-D
   convolutions with zero padding and per-frame GroupNorm; no downsampling; zero-initialised
   output conv. It turns the 32-channel reference latents into the 16-channel prefix frame.
 

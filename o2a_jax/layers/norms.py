@@ -1,4 +1,5 @@
-"""Normalisation layers with the official float32 numerics (spec §2.9, §2.13).
+"""Normalisation layers with the official float32 numerics (official main block with hybrid
+reference attention, official inference dtypes).
 
 Dims: B batch, L tokens, D width, C channels, G groups.
 """

@@ -16,7 +16,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DenoiserConfig:
-  """Architecture and numerics of the denoiser (spec §1.2).
+  """Architecture and numerics of the denoiser (official released hyper-parameters).
 
   Attributes:
     num_heads, head_dim: attention heads N and head dim K; the width is D = N * K.
@@ -38,9 +38,11 @@ class DenoiserConfig:
     attn_impl: `kernels.attention` implementation.
     scan_layers: run stacked blocks with `lax.scan` (one trace per block type).
     remat: rematerialisation policy for the scanned blocks, one of REMAT_POLICIES.
-    prefix_frame: the reference prefix latent frame (`image_to_cond`, spec §2.2).
-    pose_branch: the pose encoder and pose blocks (spec §2.6); False needs pose_layers = 0.
-      Both False is the stage-1 model (official `WanTransformer3DModel_Refextractor_2D`, §7.1).
+    prefix_frame: the reference prefix latent frame (`image_to_cond`, official reference prefix
+    frame).
+    pose_branch: the pose encoder and pose blocks (official pose path); False needs pose_layers = 0.
+      Both False is the stage-1 model (official `WanTransformer3DModel_Refextractor_2D`, official
+      three training stages).
   """
 
   num_heads: int
@@ -111,7 +113,9 @@ class DenoiserConfig:
 
   @property
   def ref_interval(self) -> int:
-    """Main block i reads reference feature i // ref_interval (spec §1.2)."""
+    """Main block i reads reference feature i // ref_interval (official released
+    hyper-parameters).
+    """
     return math.ceil(self.num_layers / (self.ref_layers + 1))
 
   @property
@@ -135,7 +139,9 @@ class DenoiserConfig:
     return dataclasses.replace(self, **kw)
 
   def stage1(self) -> DenoiserConfig:
-    """The stage-1 variant of this model: no prefix frame, no pose branch (spec §7.1)."""
+    """The stage-1 variant of this model: no prefix frame, no pose branch (official three training
+    stages).
+    """
     return self.replace(prefix_frame=False, pose_branch=False, pose_layers=0)
 
 

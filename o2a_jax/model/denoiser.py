@@ -3,7 +3,8 @@
 Dims: B batch, T latent frames, H/W height/width, C channels, L tokens, S context tokens,
 D width, P pose blocks, M extractor blocks.
 
-Forward (spec §2): the 32-channel reference latents become a prefix latent frame
+Forward (official denoiser forward pass): the 32-channel reference latents become a prefix latent
+frame
 (`image_to_cond`) in front of the noisy latents; the sequence is patch-embedded with 3-D RoPE
 (the prefix has frame index 0). Main blocks run self-attention + HRFA over reference-extractor
 features (block i reads feature i // ceil(L / (M + 1))), text cross-attention and the FFN.

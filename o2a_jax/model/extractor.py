@@ -1,4 +1,4 @@
-"""The reference extractor (official `refextractor`, spec §2.3).
+"""The reference extractor (official `refextractor`, official reference extractor).
 
 Dims: R extractor outputs (blocks + 1), B batch, S reference tokens, D width, E the main
 model's width.

@@ -1,4 +1,5 @@
-"""The map between the denoiser's parameters and the official PyTorch state dict (spec §3).
+"""The map between the denoiser's parameters and the official PyTorch state dict (official state
+dict layout).
 
 Every official tensor is one `Entry`: the module parameter path, the layer index inside a
 stacked parameter (or None), and the transform between layouts:

@@ -1,4 +1,5 @@
-"""Pose preprocessing of the official inference (spec §6), numpy and OpenCV only.
+"""Pose preprocessing of the official inference (official inference preprocessing), numpy and
+OpenCV only.
 
 Public API (contract "Pose" section):
 
@@ -9,7 +10,8 @@ Public API (contract "Pose" section):
 - `retarget_to_reference(ref_kp133, driving_kp133, width, height, *, anchor=0)`: the official
   `align_to_reference`.
 - `retarget_to_pose(ref_pose, driving_poses, *, anchor=0, reproduce_official=False)`: the official
-  `align_to_pose`, with its hand-assignment bug (spec §8.14) fixed unless `reproduce_official`.
+  `align_to_pose`, with its hand-assignment bug (official bug: align_to_pose hand assignment) fixed
+  unless `reproduce_official`.
 - `pick_anchor_frame(ref_pose, driving_poses)`: the official `pick_good_source_frame`.
 - Files: `read_official_npy`, `read_keypoints_json` / `write_keypoints_json`, `read_poses_json` /
   `write_poses_json` (format in `o2a_jax.pose.formats`).

@@ -1,4 +1,5 @@
-"""COCO-WholeBody estimator keypoints -> pose metas and DWPose-style dicts (spec §6.2).
+"""COCO-WholeBody estimator keypoints -> pose metas and DWPose-style dicts (official pose estimator
+and keypoint format).
 
 The official inference estimates poses with ViTPose-H whole-body (133 COCO-WholeBody keypoints,
 pixels plus scores) and converts them in two steps, reproduced here:
@@ -107,7 +108,8 @@ def dwpose_from_meta(meta: dict) -> dict:
 def from_coco_wholebody(kp133, width: int, height: int) -> dict:
   """(133,3) COCO-WholeBody keypoints (x, y in pixels, score) -> DWPose-style pose dict.
 
-  The official estimator-path conversion (spec §6.2): hands come out in [right, left] order.
+  The official estimator-path conversion (official pose estimator and keypoint format): hands come
+  out in [right, left] order.
   Raises ValueError for a wrong shape, non-finite values, or a frame with no usable body joint.
   """
   kp = check_kp133(kp133, "kp133")

@@ -1,4 +1,5 @@
-"""Whole-body pose estimation with onnxruntime from local ONNX files (spec §6.2); nothing is
+"""Whole-body pose estimation with onnxruntime from local ONNX files (official pose estimator and
+keypoint format); nothing is
 downloaded.
 
 Two pipelines, each a person detector followed by a top-down 133-keypoint COCO-WholeBody model:

@@ -1,4 +1,5 @@
-"""Rough face alignment (official `_face_scale_only`, IF:132-164; spec §6.5 step 9).
+"""Rough face alignment (official `_face_scale_only`, IF:132-164; official retargeting to the
+reference step 9).
 
 The 68 driving landmarks are centred on the mean of five anchors (the two eye centres, the nose tip,
 the two mouth corners), scaled in x by the reference's outer-eye-corner distance (36-45) over the

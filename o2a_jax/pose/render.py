@@ -1,4 +1,5 @@
-"""Pose rendering: the official `draw_pose_aligned` (spec §6.3), pixel-identical with OpenCV.
+"""Pose rendering: the official `draw_pose_aligned` (official pose rendering), pixel-identical with
+OpenCV.
 
 The skeleton is drawn on a large canvas (short side 2160 px) and resized bilinearly to the frame
 size. Every rounding step of the official code is kept as is (`int()` truncation of coordinates,

@@ -1,4 +1,5 @@
-"""Retargeting driving poses with the reference's limb ratios (spec §6.6, official `align_to_pose`).
+"""Retargeting driving poses with the reference's limb ratios (official align_to_pose, official
+`align_to_pose`).
 
 Used in "pose" mode: the reference pose is first scaled and moved onto the anchor driving pose (the
 same body-size rule as the translation, anchored at the neck). Per-limb length ratios reference /
@@ -9,7 +10,8 @@ frame is then edited joint chain by joint chain: each child moves by (parent - c
 carrying the rest of its chain (and the hand with the wrist); legs move by (child - parent) * (ratio
 - 1); the face is rescaled to the reference's proportions at the new nose.
 
-The bug fixed here (spec §8.14): the official code moves `hands[1]` with the right arm and
+The bug fixed here (official bug: align_to_pose hand assignment): the official code moves
+`hands[1]` with the right arm and
 `hands[0]` with the left arm. That is right for DWPose dicts ([left, right]) but wrong for the
 estimator-derived dicts the official inference actually feeds it ([right, left]), so the hands
 detach from the wrists. With `reproduce_official=False` (the default) each hand instead follows the
@@ -185,7 +187,8 @@ def _edit_frame(pose, r, ref68, reproduce_official):
 
 
 def retarget_to_pose(ref_pose, driving_poses, *, anchor=0, reproduce_official=False) -> list[dict]:
-  """The official `align_to_pose`: driving poses edited to the reference's limb ratios (spec §6.6).
+  """The official `align_to_pose`: driving poses edited to the reference's limb ratios (official
+  align_to_pose).
 
   Args:
     ref_pose: the reference image's pose dict.
@@ -193,7 +196,8 @@ def retarget_to_pose(ref_pose, driving_poses, *, anchor=0, reproduce_official=Fa
     anchor: index of the driving frame the reference is measured against, or None to pick it with
       `pick_anchor_frame` (the official scripts use 0).
     reproduce_official: keep the official hand assignment (hands[1] with the right arm, hands[0]
-      with the left, spec §8.14) instead of pairing each hand with its nearest wrist.
+      with the left, official bug: align_to_pose hand assignment) instead of pairing each hand with
+      its nearest wrist.
 
   Returns:
     New pose dicts (the inputs are not modified).

@@ -1,4 +1,5 @@
-"""Retargeting driving poses to the reference's proportions (spec §6.5, `align_to_reference`).
+"""Retargeting driving poses to the reference's proportions (official retargeting to the reference,
+`align_to_reference`).
 
 This is Wan-Animate's retargeting as the official inference runs it on estimator output ("src" =
 the driving video, "dst" = the reference):
@@ -266,7 +267,8 @@ def retarget_metas(ref: dict, metas: list[dict], anchor: int) -> list[dict]:
 
 
 def retarget_to_reference(ref_kp133, driving_kp133, width: int, height: int, *, anchor=0):
-  """Official `align_to_reference` on raw estimator keypoints (spec §6.5).
+  """Official `align_to_reference` on raw estimator keypoints (official retargeting to the
+  reference).
 
   Args:
     ref_kp133: (133,3) COCO-WholeBody keypoints of the reference image (pixels, score).

@@ -1,4 +1,5 @@
-"""Pose-guided translation of the reference image (spec §6.4, the official `warp_ref_to_pose`).
+"""Pose-guided translation of the reference image (official pose-guided reference translation, the
+official `warp_ref_to_pose`).
 
 The reference image is scaled about its neck and moved so that its neck lands on the driving pose's
 neck, with the scale taken from the ratio of body sizes (`body_scale_ratio`). The arithmetic follows
@@ -101,7 +102,8 @@ def _check_length(length, what: str, label: str) -> None:
 
 
 def translate_reference(image, ref_pose, driving_pose):
-  """Moves the reference onto the driving anchor pose (official `warp_ref_to_pose`, spec §6.4).
+  """Moves the reference onto the driving anchor pose (official `warp_ref_to_pose`, official
+  pose-guided reference translation).
 
   Args:
     image: uint8 (H,W,3) reference image (RGB).

@@ -1,4 +1,5 @@
-"""Writing a puppet world in the official on-disk training layout (spec §7.2), plus ground truth.
+"""Writing a puppet world in the official on-disk training layout (official training data layout),
+plus ground truth.
 
 Layout of `OUT/` (paths inside the CSVs are relative to `OUT/`, the folder holding the CSV):
 

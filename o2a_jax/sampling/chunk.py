@@ -1,4 +1,5 @@
-"""Sampling one chunk, as the official `WanPipeline` call does (spec §4.3, §5.1-5.3).
+"""Sampling one chunk, as the official `WanPipeline` call does (official reference and mask
+encoding, official flow-matching scheduler, reference and pose guidance, TokenReplace at sampling).
 
 Dims: F pixel frames, T latent frames, H/W height/width (pixels), h/w latent height/width,
 S text tokens.
@@ -132,7 +133,8 @@ def generate_chunk(
     text_embeds, negative_text_embeds: (S, text_dim) prompt and negative-prompt embeddings.
     noise: (T, h, w, 16) initial latents, T = (F - 1) // 4 + 1.
     steps, shift: Euler steps and the scheduler shift.
-    image_guidance, pose_guidance: the official guidance scales (spec §5.2).
+    image_guidance, pose_guidance: the official guidance scales (official reference and pose
+    guidance).
     pose_scale: the official `conditioning_scale` of the conditional passes.
     prev_frames: uint8 (5, H, W, 3) TokenReplace context frames, or None.
     on_step: optional host function called with the step index after each Euler step (from
@@ -164,7 +166,7 @@ def generate_chunk(
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
 
-  # Reference, mask and black-reference latents (spec §4.3).
+  # Reference, mask and black-reference latents (official reference and mask encoding).
   enc = lambda pixels: vae.normalize(vae.encode(pixels[None, None]))[0]  # (H, W, 3) -> (1, h, w, C)
   ref_lat = enc(_pixels(image))
   mask_px = jnp.repeat(jnp.asarray(mask, jnp.float32)[..., None], 3, axis=-1) * 2.0 - 1.0

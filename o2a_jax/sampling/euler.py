@@ -1,4 +1,5 @@
-"""The flow-matching Euler step of the official sampler (spec §5.1), a pure function.
+"""The flow-matching Euler step of the official sampler (official flow-matching scheduler), a pure
+function.
 
 Dims: B batch, T latent frames, H/W latent height/width, C channels.
 """

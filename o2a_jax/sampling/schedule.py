@@ -1,5 +1,6 @@
 """The flow-matching Euler schedule of the official sampler (diffusers 0.33
-`FlowMatchEulerDiscreteScheduler(shift, num_train_timesteps=1000)`, spec §5.1).
+`FlowMatchEulerDiscreteScheduler(shift, num_train_timesteps=1000)`, official flow-matching
+scheduler).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Prompt embeddings by the official procedure, and an on-disk cache of them.
 
-`embed_prompts` follows the Wan pipeline's `_get_t5_prompt_embeds` (spec §2.8): clean each prompt,
+`embed_prompts` follows the Wan pipeline's `_get_t5_prompt_embeds` (official text conditioning):
+clean each prompt,
 tokenize with `</s>`, truncation and padding to `max_length`, run the encoder with the mask, keep
 the first `mask.sum()` rows and zero the rest. Inference uses 512 tokens, training caches 226.
 
@@ -24,7 +25,8 @@ from flax import nnx
 from o2a_jax.io import safetensors as sio
 from o2a_jax.text.tokenizer import Tokenizer, prompt_clean
 
-# Spec §2.8: the demo's negative prompt (the reproduce scripts omit "black background, ").
+# Official text conditioning: the demo's negative prompt (the reproduce scripts omit "black
+# background, ").
 DEFAULT_NEGATIVE_PROMPT = (
   "black background, Aerial view, aerial view, overexposed, low quality, deformation, a poor "
   "composition, bad hands, bad teeth, bad eyes, bad limbs, distortion"

@@ -1,4 +1,4 @@
-"""Initialisation of each training stage (spec §7.12; T1:440-443, T2:440-566).
+"""Initialisation of each training stage (official initialisation; T1:440-443, T2:440-566).
 
 Every initialiser builds the model with its default (PyTorch-like) random init and then fills
 parameters by official key name, strictly: a key the source should provide but lacks, a key it
@@ -49,7 +49,7 @@ _NOT_IN_T2V = re.compile(
 )
 # Modules a stage-1 checkpoint lacks in the full model.
 _NEW_IN_STAGE2 = re.compile(r"^(input_hint_block|controlnet|controlnet_zero|image_to_cond)\.")
-# Zero-initialised projections of stage 2 (spec §7.12).
+# Zero-initialised projections of stage 2 (official initialisation).
 _ZERO_IN_STAGE2 = re.compile(
   r"^(controlnet_zero\.\d+|input_hint_block\.conv_out\.conv|image_to_cond\.conv_out)\.(weight|bias)$"
 )
@@ -194,7 +194,7 @@ def stage1_from_t2v(t2v, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
 
 
 def stage2_from_stage1(ckpt, cfg: DenoiserConfig, *, seed: int = 0) -> Denoiser:
-  """The full model (stages 2/3) initialised from a stage-1 checkpoint (spec §7.12)."""
+  """The full model (stages 2/3) initialised from a stage-1 checkpoint (official initialisation)."""
   if not (cfg.prefix_frame and cfg.pose_branch):
     raise ValueError("stage 2 needs the full model config (prefix_frame and pose_branch True)")
   f = _Filler(cfg, seed)

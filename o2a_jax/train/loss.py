@@ -1,4 +1,5 @@
-"""The official flow-matching training loss (`FlowMatching.get_loss_wanx`, spec §7.9-7.10).
+"""The official flow-matching training loss (`FlowMatching.get_loss_wanx`, official flow-matching
+loss, TokenReplace training).
 
 Dims: B batch, T latent frames, H/W pixel height/width, h/w latent height/width, C channels.
 
@@ -11,7 +12,8 @@ pure function that the golden fixture (`tests/fixtures/loss_tiny`) pins down:
   x_t = (1 - sigma) x0 + sigma noise,   target = noise - x0
   TokenReplace samples: the first 2 latent frames of x_t are the clean x0 and leave the loss
   loss_el = (v - target)^2 * ocr * token_mask * (1 + (face_weight - 1) * face)
-  loss = mean(loss_el) over all B*T*h*w*C elements (official; masked elements count, §8.21)
+  loss = mean(loss_el) over all B*T*h*w*C elements (official; masked elements count, official bug:
+  loss mean over masked elements)
 
 `masked_mean=True` divides instead by the number of unmasked elements (ocr * token_mask); it
 is not the official recipe. The plain mean is the default because it is what the released

@@ -1,10 +1,12 @@
-"""Optimizers and learning-rate schedules from the `config.optim` section (spec §7.11).
+"""Optimizers and learning-rate schedules from the `config.optim` section (official optimiser and
+schedule).
 
 What the official trainer really runs: the scripts pass `--optimizer adam`, but the trainer
 (T2, after `get_scheduler`'s preparation) only accepts "prodigy" or "adamw" and otherwise logs
 "Defaulting to adamw", so the released models were trained with `torch.optim.AdamW` over
 `model.parameters()` (decoupled weight decay 1e-4 on every parameter that has a gradient,
-biases and norms included). The grouped Adam with coupled L2 decay that spec §7.11 describes
+biases and norms included). The grouped Adam with coupled L2 decay that official optimiser and
+schedule describes
 (`create_optimizer`, T2:273-316: decay only on parameters with ndim > 1 whose name does not end
 in `.bias`) is defined there but never called. Both are available:
 
@@ -36,7 +38,9 @@ SCHEDULES = ("constant_with_warmup", "cosine_with_warmup")
 
 
 def default_optim_config() -> mlc.ConfigDict:
-  """The `config.optim` section: the official run's values (spec §7.1 common flags)."""
+  """The `config.optim` section: the official run's values (official three training stages common
+  flags).
+  """
   c = mlc.ConfigDict()
   c.name = "adamw"  # adamw | adam_l2 (see module docstring)
   c.lr = 1e-5

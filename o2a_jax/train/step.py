@@ -87,14 +87,17 @@ class TrainGraphs(NamedTuple):
 
 
 def default_loss_config(stage: int = 2) -> mlc.ConfigDict:
-  """The `config.loss` section with the official stage's values (spec §7.1, §7.8-7.10)."""
+  """The `config.loss` section with the official stage's values (official three training stages,
+  official condition dropout, flow-matching loss, TokenReplace training).
+  """
   trainable.check_stage(stage)
   c = mlc.ConfigDict()
   c.face_weight = 1.0 if stage == 3 else 3.0
   c.token_replace_prob = 0.2 if stage == 3 else 0.0  # per sample, clips with > 2 latent frames
   c.logit_mean = 0.0
   c.logit_std = 1.0
-  c.masked_mean = False  # official: plain mean over all elements (spec §8.21); see loss.py
+  # official: a plain mean over all elements, masked ones included (an official bug); see loss.py
+  c.masked_mean = False
   c.sigma_dtype = "float32"  # "bfloat16" rounds sigma as the official bf16 runs do
   # per_sample: pose scale 0 exactly for the samples with `pose_dropped`; official_batch: the
   # official rule (T2:987-990): 0 for the whole batch iff its whole pose video is black.
@@ -173,7 +176,8 @@ def init_train_state(
 
 
 def encode_batch(vae: nnx.Module, batch: dict) -> tuple[jax.Array, jax.Array]:
-  """(x0 (B,T,h,w,16), ref_latents (B,1,h,w,32)): normalised VAE posterior means (spec §4.3),
+  """(x0 (B,T,h,w,16), ref_latents (B,1,h,w,32)): normalised VAE posterior means (official
+  reference and mask encoding),
   with the VAE's own latent statistics (`vae.normalize`), as the sampler uses them.
 
   The reference and its outpainting mask (repeated to 3 channels, x2-1) are encoded like
@@ -191,7 +195,7 @@ def encode_batch(vae: nnx.Module, batch: dict) -> tuple[jax.Array, jax.Array]:
 
 
 def pose_scale(batch: dict, rule: str = "per_sample") -> jax.Array:
-  """(B,) float32 pose conditioning scale: 0 for dropped poses (spec §7.8)."""
+  """(B,) float32 pose conditioning scale: 0 for dropped poses (official condition dropout)."""
   dropped = jnp.asarray(batch["pose_dropped"], bool)
   if rule == "per_sample":
     return jnp.where(dropped, 0.0, 1.0).astype(jnp.float32)

@@ -1,4 +1,5 @@
-"""The stage 1/2/3 trainable parameter sets (spec §7.1), by the official substring rules.
+"""The stage 1/2/3 trainable parameter sets (official three training stages), by the official
+substring rules.
 
 The official trainers mark a parameter trainable when any of the stage's `--training_modules`
 substrings occurs in its `named_parameters()` name, and additionally the whole reference
@@ -95,7 +96,8 @@ SETS = ("official", "all")
 def split_params(model: nnx.Module, stage: int, which: str = "official"):
   """(graphdef, trainable State, frozen State) of `model`: every variable is in exactly one.
 
-  `which`: `official` (the stage's set, spec §7.1) or `all` (every parameter: a model without a
+  `which`: `official` (the stage's set, official three training stages) or `all` (every parameter:
+  a model without a
   pretrained backbone, such as the puppet toy, whose first stage stands in for the base model's
   pretraining).
   """

@@ -204,7 +204,7 @@ def check_tokens_divide(mesh: jax.sharding.Mesh, cfg, height: int, width: int) -
 
 
 def build_model(config: mlc.ConfigDict, *, attn_impl: str | None = None):
-  """The denoiser of `config.model`, initialised per `config.init` (spec §7.12).
+  """The denoiser of `config.model`, initialised per `config.init` (official initialisation).
 
   `init.checkpoint` empty: random (seeded by `config.seed`). Otherwise by `init.format` (`auto`
   detects it): `native` (an `o2a convert import` checkpoint), `wan_t2v` (the Wan2.1-T2V diffusers
@@ -251,7 +251,8 @@ def build_model(config: mlc.ConfigDict, *, attn_impl: str | None = None):
 
 
 def text_embeds(config: mlc.ConfigDict) -> np.ndarray:
-  """The prompt embedding every sample gets (official: UMT5 of "" at length 226, spec §2.8).
+  """The prompt embedding every sample gets (official: UMT5 of "" at length 226, official text
+  conditioning).
 
   `config.text.embeds`: a `.npy` or single-tensor `.safetensors` file of shape (S, text_dim),
   e.g. the `o2a text embed` cache entry of the empty prompt at length 226. Empty: zeros of

@@ -2,7 +2,7 @@
 
 `vae = o2a_jax.convert.load_vae(path)`; `vae.encode(video)` -> posterior mean;
 `vae.decode(latents)`; `normalize(mean)` / `denormalize(latents)` apply the Wan per-channel mean/std
-(spec §4.2)."""
+(official VAE compression and latent normalisation)."""
 
 from o2a_jax.vae.model import (
   LATENTS_MEAN,

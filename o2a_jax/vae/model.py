@@ -25,7 +25,8 @@ from flax import nnx
 from o2a_jax.vae.layers import CausalConv3d, MidBlock, Resample, ResidualBlock, RMSNorm
 from o2a_jax.vae.tiling import AxisPlan, plan_axis
 
-# Spec §4.2: per-channel statistics of the Wan2.1 latents (posterior mean).
+# Official VAE compression and latent normalisation: per-channel statistics of the Wan2.1 latents
+# (posterior mean).
 LATENTS_MEAN = (
   -0.7571,
   -0.7089,
