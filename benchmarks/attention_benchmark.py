@@ -2,10 +2,9 @@
 
 The unit is `kernels.hybrid_attention` on un-rotated q/k with (cos, sin) tables: RoPE plus both
 branches with separate softmaxes, summed (official main block with hybrid reference attention).
-Reported: forward and backward TFLOP/s,
-counting matmul FLOPs only: forward 4·B·N·K·Lq·(Lq + S); backward 2.5x forward (the usual
-flash-attention convention: five matmuls against two). Backward time is (forward+backward)
-minus forward.
+Reported: forward and backward TFLOP/s, counting matmul FLOPs only: forward 4·B·N·K·Lq·(Lq + S);
+backward 2.5x forward (the usual flash-attention convention: five matmuls against two). Backward
+time is (forward+backward) minus forward.
 
 Shapes: `1.3b` (12 heads, 32,760 query tokens, 1,560 reference tokens) and `14b` (40 heads,
 75,600 and 3,600), head dim 128, batch 1. `--small` shrinks them for a CPU smoke run (Pallas

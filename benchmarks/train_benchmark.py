@@ -1,5 +1,5 @@
-"""Train-step benchmark: step time, model TFLOP/s and MFU of a stage-2 step (official three
-training stages).
+"""Train-step benchmark: step time, model TFLOP/s and MFU of a stage-2 step (official three training
+stages).
 
 Full size (a GPU/TPU): the 1.3B model, 29 frames (8 latent), the 512 and 768 square buckets,
 batch 1 per device, bf16 compute with float32 masters, full remat per block:

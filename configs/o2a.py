@@ -7,8 +7,7 @@ r"""One-to-All configurations: model presets, the golden-fixture model, and the 
 
 Options (comma-separated `name=value`, a bare name sets a flag; the first bare token is the model):
   model=tiny|1.3b|14b   architecture (`variant=` is the older spelling)
-  stage=1|2|3           training stage (official three training stages): trainable set, loss
-  weights, data settings
+  stage=1|2|3           training stage (the official three): trainable set, loss weights, data
   bf16                  bfloat16 compute and frozen-parameter storage (trainable masters stay f32)
   attn=<impl>           attention implementation (`kernels.attention`)
   remat=<policy>        rematerialisation policy per scanned block (none|full|dots|dots_no_batch)
@@ -122,8 +121,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.sharding.rules = tuple(sharding.RULES)
 
   # Initialisation (official initialisation): "" = random (tests, smoke runs); else a native Orbax
-  # checkpoint,
-  # the Wan2.1-T2V diffusers transformer (stage 1), a stage-1 export (stage 2) or a full
+  # checkpoint, the Wan2.1-T2V diffusers transformer (stage 1), a stage-1 export (stage 2) or a full
   # One-to-All checkpoint (stage 3, fine-tuning); a resumed run ignores it.
   c.init = mlc.ConfigDict()
   c.init.checkpoint = ""
@@ -178,8 +176,7 @@ def _puppet(c: mlc.ConfigDict, vae: str) -> None:
   # before any work.
   read_latent_stats(vae)
   # Training text is always the empty prompt (official condition dropout); here it is zeros of (7,
-  # text_dim):
-  # no text encoder exists for the toy, and sampling uses the same zeros.
+  # text_dim): no text encoder exists for the toy, and sampling uses the same zeros.
   c.text.embeds = ""
   c.data.source = ""  # the `o2a data build official` folder of a puppet world (required)
   c.data.frames = 9  # 3 latent frames: TokenReplace (stage 3) needs more than 2

@@ -210,8 +210,7 @@ class RefPlan:
   zoom_ref: float = 1.0
   zoom_video: float = 1.0
   # Official bug: second draw for the reference drop quirk (images, reproduce_official): the
-  # reference is zoomed twice, the mask once
-  # and the reference pose not at all.
+  # reference is zoomed twice, the mask once and the reference pose not at all.
   ref_zoom_quirk: bool = False
 
 
@@ -290,10 +289,10 @@ def plan_image_reference(
 
   Fixed (default): one draw decides pose+reference drop / reference drop, and both return; zoom
   treats reference, mask and reference pose alike. Official: a second independent draw for the
-  reference drop, the pose-drop branch falls through to ref_keep/zoom, and the reference-zoom
-  quirk. In both modes a same-image pair (stage 1 `--only_ref`) is always masked, since its target
-  would otherwise be a copy of the reference (this part of official bug: second draw for the
-  reference drop is kept on purpose).
+  reference drop, the pose-drop branch falls through to ref_keep/zoom, and the reference-zoom quirk.
+  In both modes a same-image pair (stage 1 `--only_ref`) is always masked, since its target would
+  otherwise be a copy of the reference (this part of official bug: second draw for the reference
+  drop is kept on purpose).
   """
   plan = RefPlan()
   official = cfg.reproduce_official

@@ -16,8 +16,7 @@ Every iterator that feeds `o2a train` yields dicts of numpy arrays with exactly 
   pose_dropped (B,)        bool               the pose video is black (pose scale 0)
 
 The train step VAE-encodes `video`, `ref_image` and `ref_mask` (official reference and mask
-encoding) and resizes the
-masks to the latent grid; everything else about a sample is decided here.
+encoding) and resizes the masks to the latent grid; everything else about a sample is decided here.
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
 Sources:
 - `build_official(csv)`: the official combined CSV (official training data layout): video rows
-(`path`, `pose_path`,
-  `fps`, `start_frame`, `end_frame`, `all_ocr_bbox`, `train_start_index`, `refimg_index`, ...) and
-  image-group rows (`img_pairs` = list of {src_path, tgt_path, tgt_pose_path, ...}; the source pose
-  is `<src stem>_pose.npy`). Optionally a pose-pool CSV (`pose_path, height, width`; the raw DWPose
-  output is read from `pose_path` with `.npy` -> `_raw.npy`). Relative paths are resolved against
-  `root` (default: the CSV's folder). List cells are Python/JSON literals.
+  (`path`, `pose_path`, `fps`, `start_frame`, `end_frame`, `all_ocr_bbox`, `train_start_index`,
+  `refimg_index`, ...) and image-group rows (`img_pairs` = list of {src_path, tgt_path,
+  tgt_pose_path, ...}; the source pose is `<src stem>_pose.npy`). Optionally a pose-pool CSV
+  (`pose_path, height, width`; the raw DWPose output is read from `pose_path` with `.npy` ->
+  `_raw.npy`). Relative paths are resolved against `root` (default: the CSV's folder). List cells
+  are Python/JSON literals.
 - `build_videos(folder)`: every video (or frame folder) with a pose file next to it:
   `<stem>_pose.npy` (official per-frame dicts) or `<stem>_pose.json` / `<stem>.json` (o2a-pose JSON,
   kind dwpose or coco_wholebody). With `estimate=True`, videos without pose files are run through

@@ -73,15 +73,12 @@ def get_data_config(stage: int = 2) -> mlc.ConfigDict:
   c.ref_noise_prob = 0.5  # conditional_clear_ratio
   c.ref_noise_mean = -3.0
   c.ref_noise_std = 0.5
-  # Official bugs (official known bugs) are reproduced only when this is True (default False =
-  # fixed): the
-  # double-exp reference noise sigma = exp(exp(N)) instead of exp(N) (official bug: double exp in
-  # the reference noise sigma); the image-augmentation
-  # branch quirks (official bug: second draw for the reference drop: second draw for the reference
-  # drop, no return after the pose drop, the
-  # reference zoomed twice and its pose never); the round() stride of bucket eligibility and the
-  # two-second `one_more_second` (official bug: int vs round frame stride). The empty-pose-list
-  # crash (official bug: empty pose list unpacked into three values) is never reproduced.
+  # The official code's bugs are reproduced only when this is True (default False = fixed): the
+  # double-exp reference noise sigma = exp(exp(N)) instead of exp(N); the image-augmentation branch
+  # quirks (a second draw for the reference drop, no return after the pose drop, the reference
+  # zoomed twice and its pose never); the round() stride of bucket eligibility and the two-second
+  # `one_more_second` (int vs round frame stride). The empty-pose-list crash (an empty pose list
+  # unpacked into three values) is never reproduced.
   c.reproduce_official = False
   c.worker_count = 0  # Grain multiprocessing workers; 0 = in-process
   c.read_threads = 1  # threads building samples in each process (Grain ReadOptions)

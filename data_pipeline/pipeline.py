@@ -2,13 +2,12 @@
 
 Determinism. Epoch e is planned from (seed, e) alone: every record gets a bucket (resolution,
 aspect-ratio entry, frame count; official bucketing and image/video mixing), image pairs are mixed
-in at `image_ratio`, each
-bucket's samples are shuffled and cut into global batches of `global_batch` (the remainder of a
-bucket is dropped for the epoch), and the batches are shuffled. Global batch s is the s-th batch of
-the concatenated epochs; its row j is built with the RNG `np.random.default_rng([seed, s·G + j])`.
-Process p of P yields rows [p·G/P, (p+1)·G/P) of every global batch, so the same seed and step give
-the same samples whatever the number of hosts and Grain workers, and each record is read once per
-epoch across hosts.
+in at `image_ratio`, each bucket's samples are shuffled and cut into global batches of
+`global_batch` (the remainder of a bucket is dropped for the epoch), and the batches are shuffled.
+Global batch s is the s-th batch of the concatenated epochs; its row j is built with the RNG
+`np.random.default_rng([seed, s·G + j])`. Process p of P yields rows [p·G/P, (p+1)·G/P) of every
+global batch, so the same seed and step give the same samples whatever the number of hosts and Grain
+workers, and each record is read once per epoch across hosts.
 
 Corrupt records (undecodable bytes, images, poses; clips too short for their bucket) are skipped:
 the slot is filled by the next record of the same bucket group in the epoch plan (deterministic),
@@ -25,8 +24,7 @@ Checkpointing the iterator with Orbax (the state holds Grain's state plus the sk
 
 `it` must be built with the same config (including `worker_count`) and process layout as the saved
 one: Grain restores into a different worker count silently wrongly (a verified Grain 0.2.18
-pitfall), so
-`set_state` refuses a state saved under a different layout.
+pitfall), so `set_state` refuses a state saved under a different layout.
 """
 
 from __future__ import annotations

@@ -3,11 +3,10 @@
 Why ArrayRecord written directly (not through a TFDS builder): `tensorflow-datasets` is not
 installed here and would add ~14 packages; TFDS without TensorFlow is only verified for Tensor/Text
 features (not for image/video codecs, as TFDS's TensorFlow-free mode documents) and writes records
-in hashed order. Our
-records hold already-encoded bytes (one JPEG/PNG per frame) plus small pose arrays, which msgpack
-expresses directly, and we want the record order we wrote (the metadata index below is
-positional). Grain reads the files with `grain.sources.ArrayRecordDataSource`, exactly as it would
-read TFDS output.
+in hashed order. Our records hold already-encoded bytes (one JPEG/PNG per frame) plus small pose
+arrays, which msgpack expresses directly, and we want the record order we wrote (the metadata index
+below is positional). Grain reads the files with `grain.sources.ArrayRecordDataSource`, exactly as
+it would read TFDS output.
 
 Dataset folder layout (written by `o2a data build` / `data_pipeline.synthetic`):
 

@@ -1,6 +1,5 @@
 """One training sample from one record: frame sampling (official frame sampling), augmentations
-(official training recipe),
-pose rendering, crop/resize to the bucket size and normalisation.
+(official training recipe), pose rendering, crop/resize to the bucket size and normalisation.
 
 `video_sample` / `pair_sample` are pure functions of (record, numpy Generator, config, bucket);
 they return the per-sample fields of `data_pipeline.batch` (no batch axis) and an `info` dict that

@@ -3,9 +3,8 @@
   python scripts/make_puppet_world.py --out /tmp/puppets --videos 64 --images 32 --seed 0 --size 64
 
 Writes the official training layout of official training data layout (`train.csv`, `heldout.csv`,
-MP4 clips with
-per-video `_pose.npy` files, image pairs with `_pose.npy` files) plus lossless ground truth under
-`gt/`; see `o2a_jax/puppet/world.py` for the layout. Deterministic for a given seed.
+MP4 clips with per-video `_pose.npy` files, image pairs with `_pose.npy` files) plus lossless ground
+truth under `gt/`; see `o2a_jax/puppet/world.py` for the layout. Deterministic for a given seed.
 """
 
 from __future__ import annotations

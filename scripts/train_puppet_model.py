@@ -7,17 +7,16 @@
 
 (the exact commands and settings of the shipped weights are in assets/puppet_model/README.md)
 
-The project's own pipeline end to end: `o2a data build official` turns the world's `train.csv`
-(the official layout, official training data layout) into ArrayRecords; each stage is one `o2a
-train` run with the
-`puppet` config (`configs/o2a.py`: the `tiny` architecture, the shipped puppet VAE and its latent
-statistics, 64x64 clips of 9 frames, zero text embeddings for the always-empty prompt); after each
-stage the last checkpoint's parameters are exported in the official layout (`save_official`),
+The project's own pipeline end to end: `o2a data build official` turns the world's `train.csv` (the
+official layout, official training data layout) into ArrayRecords; each stage is one `o2a train` run
+with the `puppet` config (`configs/o2a.py`: the `tiny` architecture, the shipped puppet VAE and its
+latent statistics, 64x64 clips of 9 frames, zero text embeddings for the always-empty prompt); after
+each stage the last checkpoint's parameters are exported in the official layout (`save_official`),
 which initialises the next stage as the recipe says (official initialisation: a stage-1 export ->
-stage 2 with
-pose blocks copied from the backbone and zero projections; the stage-2 model -> stage 3). The toy
-has no Wan2.1-T2V backbone, so stage 1 starts from the seeded random init. The last export is
-copied to `--out` with `training.json` (commands, settings, wall times, per-stage loss curves).
+stage 2 with pose blocks copied from the backbone and zero projections; the stage-2 model -> stage
+3). The toy has no Wan2.1-T2V backbone, so stage 1 starts from the seeded random init. The last
+export is copied to `--out` with `training.json` (commands, settings, wall times, per-stage loss
+curves).
 
 Each `o2a train` runs in a child process as `o2a_jax.cli.main(["train", ...])` (this script with
 `_o2a_train` first). On a CPU every 3-D convolution (the frozen VAE that encodes each batch, the

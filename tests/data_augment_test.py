@@ -1,6 +1,5 @@
 """Augmentation invariants (official training recipe): masks, crops, dropout frequencies, face
-enhancement and
-its dim signal, reference noise, index-map geometry."""
+enhancement and its dim signal, reference noise, index-map geometry."""
 
 from __future__ import annotations
 

@@ -10,12 +10,11 @@ Implementations (`_IMPLS`):
   K rotated in XLA) with the `pallas_gpu` backward (`pallas_mosaic.py`); GPU only.
 - `pallas_tpu`: Pallas Mosaic TPU, fused RoPE with lane rolls (`pallas_tpu.py`).
 
-All take un-rotated q, k (B, L, N, K; rotate-half channel order) and (cos, sin) tables of
-shape (L, K/2); the fused kernels rotate inside. `hybrid_attention` is the fused two-branch
-(self + reference) form of official main block with hybrid reference attention: one pass per query
-tile, separate softmax normalisers,
-summed outputs. Backends that take a kernel config accept `cfg=` through their own modules.
-Context-parallel wrappers are in `context_parallel.py`.
+All take un-rotated q, k (B, L, N, K; rotate-half channel order) and (cos, sin) tables of shape (L,
+K/2); the fused kernels rotate inside. `hybrid_attention` is the fused two-branch (self + reference)
+form of official main block with hybrid reference attention: one pass per query tile, separate
+softmax normalisers, summed outputs. Backends that take a kernel config accept `cfg=` through their
+own modules. Context-parallel wrappers are in `context_parallel.py`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Plumbing shared by every backend: argument checks, padding, and the multi-branch custom_vjp.
 
 Every backend computes *multi-branch* attention: one query tensor attends to one or more key/value
-sets ("branches"), each with its own q and k RoPE tables and its own softmax, and the branch
-outputs are summed. Plain attention is one branch; the hybrid reference attention of official main
-block with hybrid reference attention
-is two (self, reference). A backend supplies
+sets ("branches"), each with its own q and k RoPE tables and its own softmax, and the branch outputs
+are summed. Plain attention is one branch; the hybrid reference attention of official main block
+with hybrid reference attention is two (self, reference). A backend supplies
 
   forward(q, ks, vs, qcos, qsin, kcos, ksin, cfg, residuals) -> (out, branch_outs, lses)
   backward(q, ks, vs, qcos, qsin, kcos, ksin, cfg, branch_outs, lses, dout) -> (dq, dks, dvs)

@@ -1,13 +1,13 @@
 """`cudnn`: RoPE in XLA, then cuDNN flash attention via `jax.nn.dot_product_attention`.
 
-The H100 default (the fastest measured there): XLA fuses the rotation into the q/k producer,
-cuDNN does the attention. cuDNN takes float16/bfloat16 only, so float32 inputs are refused rather
-than silently downcast. cuDNN's training graphs refuse odd sequence lengths ("Unsupported sequence
+The H100 default (the fastest measured there): XLA fuses the rotation into the q/k producer, cuDNN
+does the attention. cuDNN takes float16/bfloat16 only, so float32 inputs are refused rather than
+silently downcast. cuDNN's training graphs refuse odd sequence lengths ("Unsupported sequence
 length", measured on an H200 with jax 0.11.2 at 1,999 / 389 tokens), so odd lengths are padded by
-one token: the padded key is excluded with `key_value_seq_lengths` (lengths, never a boolean
-mask: a mask makes cuDNN materialise it), the padded query row is sliced off. The hybrid form
-is two cuDNN calls (self, reference) whose outputs are summed in float32; the backward is
-cuDNN's own (jax defines the custom_vjp), RoPE's transpose is XLA's autodiff.
+one token: the padded key is excluded with `key_value_seq_lengths` (lengths, never a boolean mask: a
+mask makes cuDNN materialise it), the padded query row is sliced off. The hybrid form is two cuDNN
+calls (self, reference) whose outputs are summed in float32; the backward is cuDNN's own (jax
+defines the custom_vjp), RoPE's transpose is XLA's autodiff.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ Changes against upstream:
 - RoPE on Q is fused: each compute warpgroup TMAs its un-rotated Q tile and the (cos, sin) rows
   into SMEM, rotates the two K/2 halves in registers (float32), folds in the softmax scale,
   writes the tile back and fences (`commit_smem`) before the first wgmma;
-- K is rotated in XLA before the kernel: both compute warpgroups read every K slot, so an
-  in-kernel rotation would need a fourth warpgroup or a cross-warpgroup barrier per slot
-  (a design choice of the fused-RoPE kernel; RoPE is ~1% of attention time at these lengths);
+- K is rotated in XLA before the kernel: both compute warpgroups read every K slot, so an in-kernel
+  rotation would need a fourth warpgroup or a cross-warpgroup barrier per slot (a design choice of
+  the fused-RoPE kernel; RoPE is ~1% of attention time at these lengths);
 - any key length: keys are padded to `block_kv` and the last tile masked with an iota; queries
   are padded to 2*block_q by the shared plumbing;
 - base-2 LSE residuals in the same format as `pallas_gpu`, whose dK/dV and dQ kernels

@@ -2,7 +2,7 @@
 `o2a transfer` and `o2a pose` commands.
 
 - `prepare.prepare(image, ref_poses, driving_poses, ...)` -> `Prepared` model inputs (official
-inference preprocessing).
+  inference preprocessing).
 - `animate.generate_video(model, vae, inputs, text, negative_text, ...)` -> uint8 video of any
   length (chunk plan, TokenReplace context, stitching; `chunks.py`).
 - `sharded`: context-parallel attention registration and sampling-mesh checks.

@@ -3,11 +3,11 @@ TokenReplace at sampling, long-video chunking).
 
 Dims: F pixel frames, H/W height/width, T latent frames, h/w latent height/width.
 
-Each chunk is one `o2a_jax.sampling.chunk.generate_chunk` call (one jitted denoising loop); a
-chunk that starts after frame 0 gets the 5 frames already generated at its start as TokenReplace
-context (re-encoded through the VAE inside `generate_chunk`). As officially, every chunk starts
-from the same seeded noise (official flow-matching scheduler). Chunks of equal length share one
-compiled program.
+Each chunk is one `o2a_jax.sampling.chunk.generate_chunk` call (one jitted denoising loop); a chunk
+that starts after frame 0 gets the 5 frames already generated at its start as TokenReplace context
+(re-encoded through the VAE inside `generate_chunk`). As officially, every chunk starts from the
+same seeded noise (official flow-matching scheduler). Chunks of equal length share one compiled
+program.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """Inference preprocessing (official inference inputs, inference resolution, official inference
-preprocessing): from a reference and driving poses to the
-model's inputs.
+preprocessing): from a reference and driving poses to the model's inputs.
 
 Dims: F pixel frames, H/W height/width.
 
@@ -249,15 +248,13 @@ def prepare(
   """Reference image + reference pose + driving poses -> `Prepared` model inputs.
 
   Args:
-    image: uint8 (H_ref, W_ref, 3) reference image.
-    ref: the reference's pose (keypoints or dict, see `Poses`).
-    driving: the driving poses.
-    mode: "ref" (keep the reference layout) or "pose" (translate it onto the driving pose).
-    retarget: retarget the driving poses to the reference (official retargeting to the reference /
-    official align_to_pose).
-    anchor: driving frame the reference is matched to; None picks it (`pick_anchor_frame`).
-    size, max_short: see `inference_size`.
-    face_change, head_change, without_face: driving-pose rendering flags (official pose rendering).
+    image: uint8 (H_ref, W_ref, 3) reference image. ref: the reference's pose (keypoints or dict,
+    see `Poses`). driving: the driving poses. mode: "ref" (keep the reference layout) or "pose"
+    (translate it onto the driving pose). retarget: retarget the driving poses to the reference
+    (official retargeting to the reference / official align_to_pose). anchor: driving frame the
+    reference is matched to; None picks it (`pick_anchor_frame`). size, max_short: see
+    `inference_size`. face_change, head_change, without_face: driving-pose rendering flags (official
+    pose rendering).
   """
   image = np.asarray(image)
   if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

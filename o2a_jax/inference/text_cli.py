@@ -1,10 +1,9 @@
 """`o2a text embed`: precompute prompt embeddings into the on-disk cache.
 
 By default it encodes the empty prompt and the default negative prompt (official text conditioning)
-at the inference
-length 512, so that sampling never needs the 11 GB text encoder for them. Wire it into the `o2a`
-parser with `add_parser(subparsers)`; the registered command sets `func`, called as `func(args)`.
-Also runnable alone: `python -m o2a_jax.inference.text_cli text embed --help`.
+at the inference length 512, so that sampling never needs the 11 GB text encoder for them. Wire it
+into the `o2a` parser with `add_parser(subparsers)`; the registered command sets `func`, called as
+`func(args)`. Also runnable alone: `python -m o2a_jax.inference.text_cli text embed --help`.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 Dims: B batch, L video tokens, S context tokens (text or reference), D width, N heads, K head dim.
 
 HRFA (official main block with hybrid reference attention): the reference branch reuses the
-normalised self-attention query, projects
-the reference features with its own key/value maps (`add_k_proj`, `add_v_proj`, key RMSNorm
-`norm_added_k`), attends with frame-index-0 RoPE on both sides and a separate softmax, and its
-output is summed with the self-attention output before the shared `to_out` projection.
+normalised self-attention query, projects the reference features with its own key/value maps
+(`add_k_proj`, `add_v_proj`, key RMSNorm `norm_added_k`), attends with frame-index-0 RoPE on both
+sides and a separate softmax, and its output is summed with the self-attention output before the
+shared `to_out` projection.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ H/W height/width, C channels, D width.
   statistics span channels-in-group, time and space jointly, four down stages (x2 in space each,
   x2 in time where configured) and a zero-initialised output conv to the model width.
 - `PrefixEncoder` (official `image_to_cond`, a MiniEncoder2D, official reference prefix frame):
-per-frame 2-D
-  convolutions with zero padding and per-frame GroupNorm; no downsampling; zero-initialised
-  output conv. It turns the 32-channel reference latents into the 16-channel prefix frame.
+  per-frame 2-D convolutions with zero padding and per-frame GroupNorm; no downsampling;
+  zero-initialised output conv. It turns the 32-channel reference latents into the 16-channel prefix
+  frame.
 
 Under a mesh both encoders keep their activations sharded over the batch only (`_BATCH_ONLY`,
 at input and output). Left to propagation, the partitioner takes the token sharding of the

@@ -31,16 +31,14 @@ class DenoiserConfig:
     eps: epsilon of every LayerNorm / RMSNorm in the blocks.
     hint_channels, hint_groups: the causal pose encoder's stage widths and GroupNorm groups;
       len(hint_channels) stages each halve H and W.
-    hint_time_down: which pose-encoder stages halve time.
-    cond_channels, cond_blocks, cond_groups: the 2-D reference prefix encoder (`image_to_cond`).
-    rope_max_seq_len, rope_theta: RoPE table size and base.
-    dtype: compute dtype; param_dtype: parameter storage dtype.
-    attn_impl: `kernels.attention` implementation.
-    scan_layers: run stacked blocks with `lax.scan` (one trace per block type).
-    remat: rematerialisation policy for the scanned blocks, one of REMAT_POLICIES.
+    hint_time_down: which pose-encoder stages halve time. cond_channels, cond_blocks, cond_groups:
+    the 2-D reference prefix encoder (`image_to_cond`). rope_max_seq_len, rope_theta: RoPE table
+    size and base. dtype: compute dtype; param_dtype: parameter storage dtype. attn_impl:
+    `kernels.attention` implementation. scan_layers: run stacked blocks with `lax.scan` (one trace
+    per block type). remat: rematerialisation policy for the scanned blocks, one of REMAT_POLICIES.
     prefix_frame: the reference prefix latent frame (`image_to_cond`, official reference prefix
-    frame).
-    pose_branch: the pose encoder and pose blocks (official pose path); False needs pose_layers = 0.
+    frame). pose_branch: the pose encoder and pose blocks (official pose path); False needs
+    pose_layers = 0.
       Both False is the stage-1 model (official `WanTransformer3DModel_Refextractor_2D`, official
       three training stages).
   """
@@ -113,9 +111,7 @@ class DenoiserConfig:
 
   @property
   def ref_interval(self) -> int:
-    """Main block i reads reference feature i // ref_interval (official released
-    hyper-parameters).
-    """
+    """Main block i reads reference feature i // ref_interval (the released hyper-parameters)."""
     return math.ceil(self.num_layers / (self.ref_layers + 1))
 
   @property

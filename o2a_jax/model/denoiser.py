@@ -4,15 +4,13 @@ Dims: B batch, T latent frames, H/W height/width, C channels, L tokens, S contex
 D width, P pose blocks, M extractor blocks.
 
 Forward (official denoiser forward pass): the 32-channel reference latents become a prefix latent
-frame
-(`image_to_cond`) in front of the noisy latents; the sequence is patch-embedded with 3-D RoPE
+frame (`image_to_cond`) in front of the noisy latents; the sequence is patch-embedded with 3-D RoPE
 (the prefix has frame index 0). Main blocks run self-attention + HRFA over reference-extractor
-features (block i reads feature i // ceil(L / (M + 1))), text cross-attention and the FFN.
-Pose tokens (reference pose as the prefix frame, then the driving poses) are added to the
-output of main block 0 and run through the pose blocks, whose zero-projected outputs are added
-after main blocks 1..P, scaled by `pose_scale`. TokenReplace gives the two latent frames after
-the prefix the t = 0 modulation. The output head predicts the flow-matching velocity and the
-prefix frame is dropped.
+features (block i reads feature i // ceil(L / (M + 1))), text cross-attention and the FFN. Pose
+tokens (reference pose as the prefix frame, then the driving poses) are added to the output of main
+block 0 and run through the pose blocks, whose zero-projected outputs are added after main blocks
+1..P, scaled by `pose_scale`. TokenReplace gives the two latent frames after the prefix the t = 0
+modulation. The output head predicts the flow-matching velocity and the prefix frame is dropped.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Pose preprocessing of the official inference (official inference preprocessing), numpy and
-OpenCV only.
+"""Pose preprocessing of the official inference (official inference preprocessing), numpy and OpenCV
+only.
 
 Public API (contract "Pose" section):
 

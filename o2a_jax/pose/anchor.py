@@ -1,12 +1,11 @@
 """Anchor-frame selection (official `pick_good_source_frame`, IF:186-271).
 
-The official scripts always use frame 0 as the anchor (official bug: anchor frame always 0); this
-is the rule they would use
-otherwise. Frames are ranked by (1) how many of four left/right limb pairs (upper arms, forearms,
-thighs, shins) have reference/driving length ratios within a factor 1.5 of each other, (2) whether
-the body is upright (torso within 30 degrees of vertical, shoulders and hips within 30 degrees of
-horizontal, none of those joints at a non-positive coordinate), (3) the smallest difference to the
-reference in shoulder tilt plus head tilt. Ties keep the earliest frame.
+The official scripts always use frame 0 as the anchor (official bug: anchor frame always 0); this is
+the rule they would use otherwise. Frames are ranked by (1) how many of four left/right limb pairs
+(upper arms, forearms, thighs, shins) have reference/driving length ratios within a factor 1.5 of
+each other, (2) whether the body is upright (torso within 30 degrees of vertical, shoulders and hips
+within 30 degrees of horizontal, none of those joints at a non-positive coordinate), (3) the
+smallest difference to the reference in shoulder tilt plus head tilt. Ties keep the earliest frame.
 """
 
 from __future__ import annotations

@@ -109,8 +109,8 @@ def from_coco_wholebody(kp133, width: int, height: int) -> dict:
   """(133,3) COCO-WholeBody keypoints (x, y in pixels, score) -> DWPose-style pose dict.
 
   The official estimator-path conversion (official pose estimator and keypoint format): hands come
-  out in [right, left] order.
-  Raises ValueError for a wrong shape, non-finite values, or a frame with no usable body joint.
+  out in [right, left] order. Raises ValueError for a wrong shape, non-finite values, or a frame
+  with no usable body joint.
   """
   kp = check_kp133(kp133, "kp133")
   meta = metas_from_kp133(kp[None], width, height, "kp133")[0]

@@ -1,6 +1,5 @@
 """Whole-body pose estimation with onnxruntime from local ONNX files (official pose estimator and
-keypoint format); nothing is
-downloaded.
+keypoint format); nothing is downloaded.
 
 Two pipelines, each a person detector followed by a top-down 133-keypoint COCO-WholeBody model:
 

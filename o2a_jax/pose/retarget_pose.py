@@ -10,17 +10,16 @@ frame is then edited joint chain by joint chain: each child moves by (parent - c
 carrying the rest of its chain (and the hand with the wrist); legs move by (child - parent) * (ratio
 - 1); the face is rescaled to the reference's proportions at the new nose.
 
-The bug fixed here (official bug: align_to_pose hand assignment): the official code moves
-`hands[1]` with the right arm and
-`hands[0]` with the left arm. That is right for DWPose dicts ([left, right]) but wrong for the
-estimator-derived dicts the official inference actually feeds it ([right, left]), so the hands
-detach from the wrists. With `reproduce_official=False` (the default) each hand instead follows the
-arm whose wrist is nearest its root point (hand point 0), decided per frame before anything moves:
-with both hand roots located (score > 0, positive coordinates) the pairing with the smaller total
-root-to-wrist distance wins; with one, it takes its nearer wrist and the other hand the other arm;
-with none (or a wrist missing), the official order is kept. So both hand orders work. Other official
-quirks are kept because they shape what the model saw: the hip step moves only the hip joints (knees
-and ankles do not follow).
+The bug fixed here (official bug: align_to_pose hand assignment): the official code moves `hands[1]`
+with the right arm and `hands[0]` with the left arm. That is right for DWPose dicts ([left, right])
+but wrong for the estimator-derived dicts the official inference actually feeds it ([right, left]),
+so the hands detach from the wrists. With `reproduce_official=False` (the default) each hand instead
+follows the arm whose wrist is nearest its root point (hand point 0), decided per frame before
+anything moves: with both hand roots located (score > 0, positive coordinates) the pairing with the
+smaller total root-to-wrist distance wins; with one, it takes its nearer wrist and the other hand
+the other arm; with none (or a wrist missing), the official order is kept. So both hand orders work.
+Other official quirks are kept because they shape what the model saw: the hip step moves only the
+hip joints (knees and ankles do not follow).
 
 Arithmetic follows the official NumPy 1.x behaviour: the reference pose and the ratios are float32
 (ratios averaged in float64 where a float32 meets a Python float), the frames are edited in float64.

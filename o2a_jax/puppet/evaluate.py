@@ -181,8 +181,8 @@ def prepare_case(case: PuppetCase, *, aligned: bool, progress: bool = False):
 
 def translate_baseline(image, ref_pose: dict, driving: list[dict], frames: int) -> np.ndarray:
   """The pose-guided translation of the reference (`pose.translate_reference`, official pose-guided
-  reference translation) onto
-  each driving frame, as a video (F,H,W,3): the reference moved and scaled, nothing animated."""
+  reference translation) onto each driving frame, as a video (F,H,W,3): the reference moved and
+  scaled, nothing animated."""
   from o2a_jax.pose import translate_reference
 
   return np.stack([translate_reference(image, ref_pose, d)[0] for d in driving[:frames]])

@@ -126,18 +126,15 @@ def generate_chunk(
   """Generates one chunk of F frames; returns (F, H, W, 3) float32 in [-1, 1].
 
   Args:
-    image: uint8 (H, W, 3) reference, already at the output size.
-    mask: float (H, W) in [0, 1]; 1 = region the model must outpaint.
-    pose_video: (F, H, W, 3) rendered driving poses in [-1, 1], F = 4k + 1.
-    ref_pose: (1, H, W, 3) the rendered reference pose in [-1, 1].
-    text_embeds, negative_text_embeds: (S, text_dim) prompt and negative-prompt embeddings.
-    noise: (T, h, w, 16) initial latents, T = (F - 1) // 4 + 1.
-    steps, shift: Euler steps and the scheduler shift.
+    image: uint8 (H, W, 3) reference, already at the output size. mask: float (H, W) in [0, 1]; 1 =
+    region the model must outpaint. pose_video: (F, H, W, 3) rendered driving poses in [-1, 1], F =
+    4k + 1. ref_pose: (1, H, W, 3) the rendered reference pose in [-1, 1]. text_embeds,
+    negative_text_embeds: (S, text_dim) prompt and negative-prompt embeddings. noise: (T, h, w, 16)
+    initial latents, T = (F - 1) // 4 + 1. steps, shift: Euler steps and the scheduler shift.
     image_guidance, pose_guidance: the official guidance scales (official reference and pose
-    guidance).
-    pose_scale: the official `conditioning_scale` of the conditional passes.
-    prev_frames: uint8 (5, H, W, 3) TokenReplace context frames, or None.
-    on_step: optional host function called with the step index after each Euler step (from
+    guidance). pose_scale: the official `conditioning_scale` of the conditional passes. prev_frames:
+    uint8 (5, H, W, 3) TokenReplace context frames, or None. on_step: optional host function called
+    with the step index after each Euler step (from
       inside the jitted loop, e.g. to advance a progress bar).
   """
   image, mask = np.asarray(image), np.asarray(mask)

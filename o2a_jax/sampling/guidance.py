@@ -1,5 +1,5 @@
-"""Reference-and-pose classifier-free guidance of the official pipeline (official reference and
-pose guidance).
+"""Reference-and-pose classifier-free guidance of the official pipeline (official reference and pose
+guidance).
 
 Dims: G guidance passes, B batch, T latent frames, H/W height/width, C channels, S text tokens.
 

@@ -1,9 +1,9 @@
 """Prompt embeddings by the official procedure, and an on-disk cache of them.
 
 `embed_prompts` follows the Wan pipeline's `_get_t5_prompt_embeds` (official text conditioning):
-clean each prompt,
-tokenize with `</s>`, truncation and padding to `max_length`, run the encoder with the mask, keep
-the first `mask.sum()` rows and zero the rest. Inference uses 512 tokens, training caches 226.
+clean each prompt, tokenize with `</s>`, truncation and padding to `max_length`, run the encoder
+with the mask, keep the first `mask.sum()` rows and zero the rest. Inference uses 512 tokens,
+training caches 226.
 
 `EmbeddingCache` stores one safetensors file per (prompt, max_length, checkpoint, dtype), written
 atomically, so the empty and negative prompts are encoded once and reused without the encoder.

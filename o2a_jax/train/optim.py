@@ -1,14 +1,13 @@
 """Optimizers and learning-rate schedules from the `config.optim` section (official optimiser and
 schedule).
 
-What the official trainer really runs: the scripts pass `--optimizer adam`, but the trainer
-(T2, after `get_scheduler`'s preparation) only accepts "prodigy" or "adamw" and otherwise logs
+What the official trainer really runs: the scripts pass `--optimizer adam`, but the trainer (T2,
+after `get_scheduler`'s preparation) only accepts "prodigy" or "adamw" and otherwise logs
 "Defaulting to adamw", so the released models were trained with `torch.optim.AdamW` over
-`model.parameters()` (decoupled weight decay 1e-4 on every parameter that has a gradient,
-biases and norms included). The grouped Adam with coupled L2 decay that official optimiser and
-schedule describes
-(`create_optimizer`, T2:273-316: decay only on parameters with ndim > 1 whose name does not end
-in `.bias`) is defined there but never called. Both are available:
+`model.parameters()` (decoupled weight decay 1e-4 on every parameter that has a gradient, biases and
+norms included). The grouped Adam with coupled L2 decay that official optimiser and schedule
+describes (`create_optimizer`, T2:273-316: decay only on parameters with ndim > 1 whose name does
+not end in `.bias`) is defined there but never called. Both are available:
 
   name="adamw"    torch AdamW: p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)   (default)
   name="adam_l2"  torch Adam with weight_decay: g += wd * p, then Adam (coupled L2)

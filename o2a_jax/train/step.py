@@ -176,9 +176,9 @@ def init_train_state(
 
 
 def encode_batch(vae: nnx.Module, batch: dict) -> tuple[jax.Array, jax.Array]:
-  """(x0 (B,T,h,w,16), ref_latents (B,1,h,w,32)): normalised VAE posterior means (official
-  reference and mask encoding),
-  with the VAE's own latent statistics (`vae.normalize`), as the sampler uses them.
+  """(x0 (B,T,h,w,16), ref_latents (B,1,h,w,32)): normalised VAE posterior means (official reference
+  and mask encoding), with the VAE's own latent statistics (`vae.normalize`), as the sampler uses
+  them.
 
   The reference and its outpainting mask (repeated to 3 channels, x2-1) are encoded like
   images in one VAE call and concatenated [reference | mask]. Float32, no gradient.

@@ -96,10 +96,9 @@ SETS = ("official", "all")
 def split_params(model: nnx.Module, stage: int, which: str = "official"):
   """(graphdef, trainable State, frozen State) of `model`: every variable is in exactly one.
 
-  `which`: `official` (the stage's set, official three training stages) or `all` (every parameter:
-  a model without a
-  pretrained backbone, such as the puppet toy, whose first stage stands in for the base model's
-  pretraining).
+  `which`: `official` (the stage's set, official three training stages) or `all` (every parameter: a
+  model without a pretrained backbone, such as the puppet toy, whose first stage stands in for the
+  base model's pretraining).
   """
   if which == "all":
     check_stage(stage)
