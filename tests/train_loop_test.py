@@ -331,7 +331,7 @@ def test_run_continues_on_other_mesh(built, reference, tmp_path):
   s, _ = built
   config = loop_config(**{"train.mesh_shape": (2, 4, 1, 1)})
   step_fn = jax.jit(
-    step_lib.make_train_step(s.graphs, config),
+    step_lib.make_train_step(s.graphs, step_lib.step_config(config)),
     in_shardings=(shardings, trainer.batch_sharding(mesh)),
     out_shardings=(shardings, None),
     donate_argnums=0,

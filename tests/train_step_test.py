@@ -59,8 +59,10 @@ def setup(fixtures_dir):
   vae = load_vae(fixtures_dir / "vae_tiny")
   config = make_config()
   text = np.random.default_rng(1).normal(size=(5, model.cfg.text_dim)).astype(np.float32)
-  graphs, state = step.init_train_state(model, vae, config, seed=3, text_embeds=text)
-  train_step = jax.jit(step.make_train_step(graphs, config))
+  graphs, state = step.init_train_state(
+    model, vae, step.step_config(config), seed=3, text_embeds=text
+  )
+  train_step = jax.jit(step.make_train_step(graphs, step.step_config(config)))
   return graphs, state, train_step
 
 
@@ -411,7 +413,9 @@ def test_sharded_and_bf16_steps(fixtures_dir, setup):
   with jax.set_mesh(mesh):
     sh = step.state_shardings(state, mesh)
     fn = jax.jit(
-      step.make_train_step(graphs, make_config()), in_shardings=(sh, None), out_shardings=(sh, None)
+      step.make_train_step(graphs, step.step_config(make_config())),
+      in_shardings=(sh, None),
+      out_shardings=(sh, None),
     )
     s, m = fn(jax.device_put(state, sh), batch)
   np.testing.assert_allclose(float(m["loss"]), float(ref["loss"]), rtol=1e-5)
@@ -422,11 +426,11 @@ def test_sharded_and_bf16_steps(fixtures_dir, setup):
   vae = load_vae(fixtures_dir / "vae_tiny")
   config = make_config()
   g16, s16 = step.init_train_state(
-    model, vae, config, seed=3, text_embeds=np.asarray(state.text[0])
+    model, vae, step.step_config(config), seed=3, text_embeds=np.asarray(state.text[0])
   )
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(s16.params))
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(s16.frozen) if x.ndim)
-  s16b, m16 = jax.jit(step.make_train_step(g16, config))(s16, batch)
+  s16b, m16 = jax.jit(step.make_train_step(g16, step.step_config(config)))(s16, batch)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(s16b.opt_state) if x.ndim)
   assert abs(float(m16["loss"]) - float(ref["loss"])) < 0.05 * float(ref["loss"])
 
@@ -440,12 +444,16 @@ def test_stage1_train_step(fixtures_dir, inits):
   config.loss = step.default_loss_config(1)
   vae = load_vae(fixtures_dir / "vae_tiny")
   text = np.zeros((3, stage1.cfg.text_dim), np.float32)
-  graphs, state = step.init_train_state(stage1, vae, config, seed=0, text_embeds=text)
+  graphs, state = step.init_train_state(
+    stage1, vae, step.step_config(config), seed=0, text_embeds=text
+  )
   keys = {".".join(map(str, p)) for p, _ in state.params.flat_state()}
   assert "blocks.attn1.add_k_proj.kernel" in keys and "blocks.attn1.to_q.kernel" not in keys
-  new, metrics = jax.jit(step.make_train_step(graphs, config))(state, make_batch())
+  new, metrics = jax.jit(step.make_train_step(graphs, step.step_config(config)))(
+    state, make_batch()
+  )
   assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
   assert int(new.step) == 1
   with pytest.raises(ValueError, match="stage 2 needs the full model"):
     config.stage = 2
-    step.init_train_state(stage1, vae, config, seed=0, text_embeds=text)
+    step.init_train_state(stage1, vae, step.step_config(config), seed=0, text_embeds=text)

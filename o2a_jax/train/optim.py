@@ -23,6 +23,8 @@ optimizer, so frozen ones get no state.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
@@ -36,28 +38,34 @@ DECAY_MASKS = ("auto", "all", "matrices")
 SCHEDULES = ("constant_with_warmup", "cosine_with_warmup")
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """The optimizer settings (the official run's values by default), checked when built."""
+
+  name: str = "adamw"  # adamw | adam_l2 (see module docstring)
+  lr: float = 1e-5
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 1e-4
+  decay_mask: str = "auto"  # auto | all | matrices
+  schedule: str = "constant_with_warmup"  # or cosine_with_warmup (decays to 0 at total_steps)
+  warmup_steps: int = 5000  # optimizer steps (official: 5000 x num_processes scheduler ticks)
+  total_steps: int = 0  # only for cosine_with_warmup
+  clip_grad_norm: float = 1.0  # global-norm clipping before the update; 0 = off
+  ema_decay: float = 0.0  # 0 = no EMA (the official run passes --ema_decay 0.999 without --use_ema)
+  ema_start_step: int = 0
+
+  def __post_init__(self):
+    check_optim_config(self)
+
+
 def default_optim_config() -> mlc.ConfigDict:
-  """The `config.optim` section: the official run's values (official three training stages common
-  flags).
-  """
-  c = mlc.ConfigDict()
-  c.name = "adamw"  # adamw | adam_l2 (see module docstring)
-  c.lr = 1e-5
-  c.b1 = 0.9
-  c.b2 = 0.95
-  c.eps = 1e-8
-  c.weight_decay = 1e-4
-  c.decay_mask = "auto"  # auto | all | matrices
-  c.schedule = "constant_with_warmup"  # or cosine_with_warmup (decays to 0 at total_steps)
-  c.warmup_steps = 5000  # optimizer steps (official: 5000 x num_processes scheduler ticks)
-  c.total_steps = 0  # only for cosine_with_warmup
-  c.clip_grad_norm = 1.0  # global-norm clipping before the update; 0 = off
-  c.ema_decay = 0.0  # 0 = no EMA (the official run passes --ema_decay 0.999 without --use_ema)
-  c.ema_start_step = 0
-  return c
+  """The `config.optim` section of `configs/` files: `OptimConfig`'s defaults."""
+  return mlc.ConfigDict(dataclasses.asdict(OptimConfig()))
 
 
-def check_optim_config(c: mlc.ConfigDict) -> None:
+def check_optim_config(c) -> None:
   def need(cond, msg):
     if not cond:
       raise ValueError(f"config.optim: {msg}")
@@ -76,7 +84,7 @@ def check_optim_config(c: mlc.ConfigDict) -> None:
   )
 
 
-def learning_rate_schedule(c: mlc.ConfigDict) -> optax.Schedule:
+def learning_rate_schedule(c: OptimConfig) -> optax.Schedule:
   """lr(step) for optimizer step `step` (0-based), as diffusers' schedulers compute it."""
   check_optim_config(c)
   warmup = int(c.warmup_steps)
@@ -111,7 +119,7 @@ def matrix_mask(params: nnx.State) -> nnx.State:
   return nnx.from_flat_state(flat)
 
 
-def make_optimizer(c: mlc.ConfigDict, params: nnx.State) -> optax.GradientTransformation:
+def make_optimizer(c: OptimConfig, params: nnx.State) -> optax.GradientTransformation:
   """The optax transformation for the trainable `params` (an nnx.State of float32 arrays)."""
   check_optim_config(c)
   mask_kind = c.decay_mask

@@ -5,8 +5,9 @@ S text tokens, C channels.
 
 The functional API the training loop uses (everything returned is pure and jit-able):
 
-  graphs, state = init_train_state(model, vae, config, seed=0, text_embeds=empty_prompt)
-  train_step = make_train_step(graphs, config)          # (state, batch) -> (state, metrics)
+  sc = step_config(config)                              # typed, checked, once
+  graphs, state = init_train_state(model, vae, sc, seed=0, text_embeds=empty_prompt)
+  train_step = make_train_step(graphs, sc)          # (state, batch) -> (state, metrics)
   shardings = state_shardings(state, mesh)
   step = jax.jit(train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
                  donate_argnums=0)
@@ -16,9 +17,9 @@ The functional API the training loop uses (everything returned is pure and jit-a
 never change, so a checkpoint may also store them once). `batch` is a dict of arrays with the
 fields of `data_pipeline.batch` (pixels; the VAE encoding happens inside the step).
 
-Config sections read: `config.stage` (1, 2 or 3: the trainable set; stage 1 expects the model
-built with `DenoiserConfig.stage1()`), `config.loss` (`default_loss_config`) and `config.optim`
-(`o2a_jax.train.optim.default_optim_config`).
+Settings: a typed `StepConfig` built once from the run config by `step_config(config)`: the
+stage (1, 2 or 3: the trainable set; stage 1 expects the model built with
+`DenoiserConfig.stage1()`), `train.trainable`, `LossConfig` and `optim.OptimConfig`.
 
 Numerics: trainable parameters are float32 master weights; the loss runs with them cast to the
 model's `param_dtype` (bfloat16 compute when the model was built so), so gradients, clipping,
@@ -27,6 +28,7 @@ Adam moments and EMA stay float32. The VAE runs in float32 under `stop_gradient`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -86,34 +88,77 @@ class TrainGraphs(NamedTuple):
   model_cfg: DenoiserConfig
 
 
-def default_loss_config(stage: int = 2) -> mlc.ConfigDict:
-  """The `config.loss` section with the official stage's values (official three training stages,
-  official condition dropout, flow-matching loss, TokenReplace training).
-  """
-  trainable.check_stage(stage)
-  c = mlc.ConfigDict()
-  c.face_weight = 1.0 if stage == 3 else 3.0
-  c.token_replace_prob = 0.2 if stage == 3 else 0.0  # per sample, clips with > 2 latent frames
-  c.logit_mean = 0.0
-  c.logit_std = 1.0
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The loss settings (official stage 2 values by default; `for_stage`), checked when built."""
+
+  face_weight: float = 3.0
+  token_replace_prob: float = 0.0  # per sample, clips with > 2 latent frames
+  logit_mean: float = 0.0
+  logit_std: float = 1.0
   # official: a plain mean over all elements, masked ones included (an official bug); see loss.py
-  c.masked_mean = False
-  c.sigma_dtype = "float32"  # "bfloat16" rounds sigma as the official bf16 runs do
+  masked_mean: bool = False
+  sigma_dtype: str = "float32"  # "bfloat16" rounds sigma as the official bf16 runs do
   # per_sample: pose scale 0 exactly for the samples with `pose_dropped`; official_batch: the
-  # official rule (T2:987-990): 0 for the whole batch iff its whole pose video is black.
-  c.pose_scale_rule = "per_sample"
-  return c
+  # official rule: 0 for the whole batch iff its whole pose video is black.
+  pose_scale_rule: str = "per_sample"
 
+  def __post_init__(self):
+    if self.pose_scale_rule not in POSE_SCALE_RULES:
+      raise ValueError(
+        f"config.loss.pose_scale_rule {self.pose_scale_rule!r} not in {POSE_SCALE_RULES}"
+      )
+    if not 0.0 <= self.token_replace_prob <= 1.0:
+      raise ValueError(
+        f"config.loss.token_replace_prob must be in [0, 1], got {self.token_replace_prob}"
+      )
+    if self.face_weight < 0 or self.logit_std <= 0:
+      raise ValueError("config.loss: face_weight must be >= 0 and logit_std > 0")
 
-def _check_loss_config(c: mlc.ConfigDict) -> None:
-  if c.pose_scale_rule not in POSE_SCALE_RULES:
-    raise ValueError(f"config.loss.pose_scale_rule {c.pose_scale_rule!r} not in {POSE_SCALE_RULES}")
-  if not 0.0 <= c.token_replace_prob <= 1.0:
-    raise ValueError(
-      f"config.loss.token_replace_prob must be in [0, 1], got {c.token_replace_prob}"
+  @classmethod
+  def for_stage(cls, stage: int) -> LossConfig:
+    """The official stage's values (three training stages, condition dropout, TokenReplace)."""
+    trainable.check_stage(stage)
+    return cls(
+      face_weight=1.0 if stage == 3 else 3.0, token_replace_prob=0.2 if stage == 3 else 0.0
     )
-  if c.face_weight < 0 or c.logit_std <= 0:
-    raise ValueError("config.loss: face_weight must be >= 0 and logit_std > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Everything the train step reads, typed and checked: built once from the run config
+  (`step_config`); the ConfigDict stops there."""
+
+  stage: int
+  trainable: str
+  loss: LossConfig
+  optim: optim.OptimConfig
+
+
+def _typed(cls, section, name: str):
+  fields = {f.name for f in dataclasses.fields(cls)}
+  given = dict(section.items()) if section is not None else {}
+  unknown = sorted(set(given) - fields)
+  if unknown:
+    raise ValueError(f"config.{name} has unknown keys {unknown}; accepted: {sorted(fields)}")
+  return cls(**given)
+
+
+def step_config(config: mlc.ConfigDict) -> StepConfig:
+  """The typed `StepConfig` of a run config (`stage`, `loss`, `optim`, `train.trainable`)."""
+  stage = trainable.check_stage(config.stage)
+  which = config.train.get("trainable", "official") if "train" in config else "official"
+  return StepConfig(
+    stage=stage,
+    trainable=which,
+    loss=_typed(LossConfig, config.get("loss"), "loss"),
+    optim=_typed(optim.OptimConfig, config.get("optim"), "optim"),
+  )
+
+
+def default_loss_config(stage: int = 2) -> mlc.ConfigDict:
+  """The `config.loss` section of `configs/` files: `LossConfig.for_stage(stage)`."""
+  return mlc.ConfigDict(dataclasses.asdict(LossConfig.for_stage(stage)))
 
 
 def _cast(tree, dtype):
@@ -125,7 +170,7 @@ def _cast(tree, dtype):
 def init_train_state(
   model: nnx.Module,
   vae: nnx.Module,
-  config: mlc.ConfigDict,
+  config: StepConfig,
   *,
   seed: int = 0,
   text_embeds: jax.Array | np.ndarray,
@@ -135,12 +180,12 @@ def init_train_state(
   Args:
     model: a Denoiser; for stage 1 built with `DenoiserConfig.stage1()` (no prefix, no pose).
     vae: the WanVAE that encodes batches (kept frozen; used in float32).
-    config: the run config (reads `stage`, `loss`, `optim`, `train.trainable`).
+    config: the typed step settings (`step_config(run_config)`).
     seed: seeds the step's PRNG key.
     text_embeds: (S, text_dim) or (1, S, text_dim), the prompt embedding of every sample (the
       official recipe always trains with the empty prompt, UMT5("") padded to 226 tokens).
   """
-  stage = trainable.check_stage(config.stage)
+  stage = config.stage
   cfg = model.cfg
   if stage == 1 and (cfg.prefix_frame or cfg.pose_branch):
     raise ValueError(
@@ -149,14 +194,12 @@ def init_train_state(
     )
   if stage > 1 and not (cfg.prefix_frame and cfg.pose_branch):
     raise ValueError(f"stage {stage} needs the full model (prefix frame and pose branch)")
-  _check_loss_config(config.loss)
   text = jnp.asarray(text_embeds, jnp.float32)
   if text.ndim == 2:
     text = text[None]
   if text.ndim != 3 or text.shape[0] != 1 or text.shape[2] != cfg.text_dim:
     raise ValueError(f"text_embeds has shape {text_embeds.shape}; expected (S, {cfg.text_dim})")
-  which = config.train.get("trainable", "official") if "train" in config else "official"
-  graphdef, params, frozen = trainable.split_params(model, stage, which)
+  graphdef, params, frozen = trainable.split_params(model, stage, config.trainable)
   params = _cast(params, jnp.float32)
   vae_graph, vae_state = nnx.split(vae)
   tx = optim.make_optimizer(config.optim, params)
@@ -207,7 +250,7 @@ def pose_scale(batch: dict, rule: str = "per_sample") -> jax.Array:
 
 
 def make_train_step(
-  graphs: TrainGraphs, config: mlc.ConfigDict
+  graphs: TrainGraphs, config: StepConfig
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """The pure train step `(state, batch) -> (state, metrics)`.
 
@@ -221,8 +264,6 @@ def make_train_step(
   `skipped` and `bad_in_row`; the rng always advances.
   """
   lc, oc = config.loss, config.optim
-  _check_loss_config(lc)
-  optim.check_optim_config(oc)
   cfg = graphs.model_cfg
   compute_dtype = cfg.params_dtype
   schedule = optim.learning_rate_schedule(oc)

@@ -304,20 +304,21 @@ class Setup:
 
 def setup(config: mlc.ConfigDict, *, mesh: jax.sharding.Mesh | None = None) -> Setup:
   """Builds the mesh, model, VAE, sharded train state and the jitted step."""
+  step_config = step_lib.step_config(config)  # typed and checked before any device work
   mesh = mesh or make_mesh(config)
   check_context_parallel(config, mesh)
   with jax.set_mesh(mesh):
     model = build_model(config, attn_impl=attention_impl(config, mesh))
     vae = build_vae(config)
     graphs, state = step_lib.init_train_state(
-      model, vae, config, seed=config.seed, text_embeds=text_embeds(config)
+      model, vae, step_config, seed=config.seed, text_embeds=text_embeds(config)
     )
     del model, vae
     shardings = step_lib.state_shardings(state, mesh, rules(config))
     state = jax.device_put(state, shardings)
   bsh = batch_sharding(mesh)
   step_fn = jax.jit(
-    step_lib.make_train_step(graphs, config),
+    step_lib.make_train_step(graphs, step_config),
     in_shardings=(shardings, bsh),
     out_shardings=(shardings, None),
     donate_argnums=0,
