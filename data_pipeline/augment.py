@@ -38,10 +38,6 @@ class IndexMap:
     return IndexMap(self.rows[other.rows], self.cols[other.cols])
 
 
-def identity_map(h: int, w: int) -> IndexMap:
-  return IndexMap(np.arange(h), np.arange(w))
-
-
 def _nearest(src: int, dst: int) -> np.ndarray:
   # torch F.interpolate(mode="nearest"): src index = floor(dst_index * src / dst).
   return np.minimum((np.arange(dst) * (src / dst)).astype(np.int64), src - 1)

@@ -68,10 +68,6 @@ def round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
-def next_pow2(x: int) -> int:
-  return 1 << max(0, (x - 1).bit_length())
-
-
 def default_interpret() -> bool:
   """Pallas kernels run in interpret mode where the default backend is the CPU."""
   return jax.default_backend() == "cpu"

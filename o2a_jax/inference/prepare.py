@@ -22,7 +22,6 @@ capped (`max_short`: 384 for 1.3B, 576 for 14B) and floored to multiples of 16.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -309,7 +308,3 @@ def prepare(
 def to_model_range(frames_u8: np.ndarray) -> np.ndarray:
   """uint8 pose drawings -> float32 in [-1, 1]."""
   return np.asarray(frames_u8, np.float32) / 127.5 - 1.0
-
-
-def select_frames(seq: Sequence, indices) -> list:
-  return [seq[int(i)] for i in indices]

@@ -27,8 +27,3 @@ def sigmas(steps: int, shift: float = 7.0, train_steps: int = 1000) -> np.ndarra
   t = np.linspace(train_steps * 1.0, train_steps * float(base), steps, dtype=np.float64)
   s = _shift(t / train_steps, shift).astype(np.float32)
   return np.concatenate([s, np.zeros(1, np.float32)])
-
-
-def timesteps(sig: np.ndarray, train_steps: int = 1000) -> np.ndarray:
-  """The model's timestep inputs sigma * 1000 for each step (the last sigma 0 excluded)."""
-  return (sig[:-1] * train_steps).astype(np.float32)

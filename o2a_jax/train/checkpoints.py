@@ -21,7 +21,6 @@ from typing import Any
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from o2a_jax.io.error_text import first_line
@@ -212,8 +211,3 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def host_copy(tree) -> Any:
-  """Fully-addressable numpy copy of a (small) pytree, for comparisons in tests."""
-  return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x) if _is_key(x) else x), tree)
