@@ -273,34 +273,26 @@ def test_cli_errors_are_clear(files, capsys, tmp_path):
 
 
 def test_text_embeddings_from_files(tmp_path):
-  import argparse
-
   from o2a_jax.inference.load import text_embeddings
   from o2a_jax.io.safetensors import save_dict
 
-  args = lambda **kw: argparse.Namespace(
-    **{"text_encoder": None, "text_embeds": None, "negative_text_embeds": None,
-       "empty_text_embeds": None, **kw}
-  )  # fmt: skip
   a, b = np.ones((5, 16), np.float32), np.full((7, 16), 2, np.float32)
   np.savez(tmp_path / "both.npz", text_embeds=a[None], negative_text_embeds=b)
   save_dict(tmp_path / "neg.safetensors", {"embeds": b})
-  text, neg = text_embeddings(args(text_embeds=str(tmp_path / "both.npz")), 16, need_negative=True)
+  text, neg = text_embeddings(16, need_negative=True, text_embeds=str(tmp_path / "both.npz"))
   assert text.shape == neg.shape == (7, 16) and (text[5:] == 0).all() and (neg == 2).all()
   np.savez(tmp_path / "pos.npz", embeds=a)
   with pytest.raises(ValueError, match="negative-text-embeds"):
-    text_embeddings(args(text_embeds=str(tmp_path / "pos.npz")), 16, need_negative=True)
+    text_embeddings(16, need_negative=True, text_embeds=str(tmp_path / "pos.npz"))
   text, neg = text_embeddings(
-    args(
-      text_embeds=str(tmp_path / "pos.npz"), negative_text_embeds=str(tmp_path / "neg.safetensors")
-    ),
     16,
     need_negative=True,
+    text_embeds=str(tmp_path / "pos.npz"),
+    negative_text_embeds=str(tmp_path / "neg.safetensors"),
   )
   assert (neg[:7] == 2).all()
   with pytest.raises(ValueError, match=r"the model needs \(S, 32\)"):
-    text_embeddings(args(text_embeds=str(tmp_path / "pos.npz")), 32, need_negative=False)
-  assert text_embeddings(args(empty_text_embeds="zeros"), 16, need_negative=True)[0].shape == (
-    512,
-    16,
-  )
+    text_embeddings(32, need_negative=False, text_embeds=str(tmp_path / "pos.npz"))
+  assert text_embeddings(16, need_negative=True, empty_text_embeds="zeros")[0].shape == (512, 16)
+  with pytest.raises(ValueError, match="no text conditioning"):
+    text_embeddings(16, need_negative=False)

@@ -318,7 +318,7 @@ def _anchor(text: str):
     raise ValueError(f"--anchor must be a frame index or 'auto', got {text!r}") from None
 
 
-def _prepare(args, image, ref, driving, *, progress):
+def _prepare(args, image, ref, driving, *, max_short, progress):
   from o2a_jax.inference.prepare import prepare
 
   return prepare(
@@ -329,7 +329,7 @@ def _prepare(args, image, ref, driving, *, progress):
     retarget=args.retarget,
     anchor=_anchor(args.anchor),
     size=args.size,
-    max_short=args._max_short,
+    max_short=max_short,
     face_change=not args.no_face_change,
     head_change=args.head_change,
     without_face=args.without_face,
@@ -367,26 +367,39 @@ def _load_models(args, *, progress: bool):
 
 
 def _defaults_from_model(args, model):
+  """(guidance, max_short): the options, with the model preset's defaults for those not given."""
+  from o2a_jax.sampling.guidance import Guidance
+
   defaults = defaults_for(model.cfg)  # the preset's, by the checkpoint's width
-  if args.image_guidance is None:
-    args.image_guidance = defaults.image_guidance
-  args._max_short = args.max_short
-  if args.max_short is None and args.size is None:
-    args._max_short = defaults.max_short
+  image = defaults.image_guidance if args.image_guidance is None else args.image_guidance
+  max_short = args.max_short
+  if max_short is None and args.size is None:
+    max_short = defaults.max_short
+  return Guidance(image, args.pose_guidance), max_short
 
 
-def _sample(args, model, vae, mesh, inputs, *, reproduce_official=False, progress=True):
+def _sample(args, model, vae, mesh, inputs, guidance, *, reproduce_official=False, progress=True):
   from o2a_jax.inference import load, sharded
   from o2a_jax.inference.animate import generate_video
-  from o2a_jax.sampling import guidance
 
-  passes = guidance.num_passes(args.image_guidance, args.pose_guidance)
-  text, neg = load.text_embeddings(args, model.cfg.text_dim, need_negative=passes > 1)
+  text, neg = load.text_embeddings(
+    model.cfg.text_dim,
+    need_negative=guidance.passes > 1,
+    text_encoder=args.text_encoder,
+    tokenizer=args.tokenizer,
+    text_dtype=args.text_dtype,
+    text_cache=args.text_cache,
+    prompt=args.prompt,
+    negative_prompt=args.negative_prompt,
+    text_embeds=args.text_embeds,
+    negative_text_embeds=args.negative_text_embeds,
+    empty_text_embeds=args.empty_text_embeds,
+  )
   if mesh is not None:
     hh, ww = inputs.image.shape[:2]
     sharded.check_sampling_mesh(
       mesh,
-      passes=passes,
+      passes=guidance.passes,
       num_heads=model.cfg.num_heads,
       tokens_per_frame=model.cfg.tokens_per_frame(hh, ww),
     )
@@ -398,8 +411,8 @@ def _sample(args, model, vae, mesh, inputs, *, reproduce_official=False, progres
     neg,
     steps=args.steps,
     shift=args.shift,
-    image_guidance=args.image_guidance,
-    pose_guidance=args.pose_guidance,
+    image_guidance=guidance.image,
+    pose_guidance=guidance.pose,
     pose_scale=args.pose_scale,
     seed=args.seed,
     reproduce_official=reproduce_official,
@@ -435,14 +448,15 @@ def run_animate(args) -> int:
     )
   model, vae, mesh, stack = _load_models(args, progress=progress)
   with stack:
-    _defaults_from_model(args, model)
-    inputs = _prepare(args, image, ref, driving, progress=progress)
+    guidance, max_short = _defaults_from_model(args, model)
+    inputs = _prepare(args, image, ref, driving, max_short=max_short, progress=progress)
     video = _sample(
       args,
       model,
       vae,
       mesh,
       inputs,
+      guidance,
       reproduce_official=args.reproduce_official,
       progress=progress,
     )
@@ -473,9 +487,9 @@ def run_transfer(args) -> int:
     target = Poses(kp133=kp[None], width=target_image.shape[1], height=target_image.shape[0])
   model, vae, mesh, stack = _load_models(args, progress=progress)
   with stack:
-    _defaults_from_model(args, model)
-    inputs = _prepare(args, image, ref, target, progress=progress)
-    video = _sample(args, model, vae, mesh, inputs, progress=progress)
+    guidance, max_short = _defaults_from_model(args, model)
+    inputs = _prepare(args, image, ref, target, max_short=max_short, progress=progress)
+    video = _sample(args, model, vae, mesh, inputs, guidance, progress=progress)
   _write(args, video, inputs.poses, 16.0)
   return 0
 

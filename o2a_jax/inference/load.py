@@ -70,29 +70,42 @@ def check_finite(module, source: str) -> None:
     )
 
 
-def text_embeddings(args, text_dim: int, *, need_negative: bool) -> tuple[np.ndarray, np.ndarray]:
-  """(text, negative) (S, text_dim) float32 embeddings from the command-line options."""
-  if getattr(args, "text_encoder", None):
-    if not args.tokenizer:
+def text_embeddings(
+  text_dim: int,
+  *,
+  need_negative: bool,
+  text_encoder: str | None = None,
+  tokenizer: str | None = None,
+  text_dtype: str = "float32",
+  text_cache: str | None = None,
+  prompt: str = "",
+  negative_prompt: str = "",
+  text_embeds: str | None = None,
+  negative_text_embeds: str | None = None,
+  empty_text_embeds: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """(text, negative) (S, text_dim) float32 embeddings, from the first source given: a text
+  encoder and tokenizer folder (with an optional embedding cache), embeddings files, or zeros
+  (`empty_text_embeds="zeros"`). Errors name the command-line option to give."""
+  if text_encoder:
+    if not tokenizer:
       raise ValueError("--text-encoder needs --tokenizer (the release's tokenizer/ folder)")
     import jax.numpy as jnp
 
     from o2a_jax.convert import load_text_encoder
     from o2a_jax.text import EmbeddingCache, embed_prompts, load_tokenizer
 
-    encoder = load_text_encoder(args.text_encoder, dtype=jnp.dtype(args.text_dtype))
-    cache = EmbeddingCache(args.text_cache) if args.text_cache else None
-    emb = embed_prompts(
-      encoder, load_tokenizer(args.tokenizer), [args.prompt, args.negative_prompt], cache=cache
-    )
+    encoder = load_text_encoder(text_encoder, dtype=jnp.dtype(text_dtype))
+    cache = EmbeddingCache(text_cache) if text_cache else None
+    emb = embed_prompts(encoder, load_tokenizer(tokenizer), [prompt, negative_prompt], cache=cache)
     emb = np.asarray(emb, np.float32)
     if emb.shape[-1] != text_dim:
       raise ValueError(f"text encoder width {emb.shape[-1]} != the model's text_dim {text_dim}")
     return emb[0], emb[1]
-  if getattr(args, "text_embeds", None):
-    got = read_embeddings(args.text_embeds, text_dim)
-    if args.negative_text_embeds:
-      got["negative"] = read_embeddings(args.negative_text_embeds, text_dim)["text"]
+  if text_embeds:
+    got = read_embeddings(text_embeds, text_dim)
+    if negative_text_embeds:
+      got["negative"] = read_embeddings(negative_text_embeds, text_dim)["text"]
     if "negative" not in got:
       if need_negative:
         raise ValueError(
@@ -106,7 +119,7 @@ def text_embeddings(args, text_dim: int, *, need_negative: bool) -> tuple[np.nda
       pad = lambda a: np.pad(a, ((0, length - len(a)), (0, 0)))  # padded rows are zero anyway
       text, neg = pad(text), pad(neg)
     return text, neg
-  if getattr(args, "empty_text_embeds", None) == "zeros":
+  if empty_text_embeds == "zeros":
     z = np.zeros((ZEROS_TEXT_LENGTH, text_dim), np.float32)
     return z, z
   raise ValueError(
