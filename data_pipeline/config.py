@@ -8,6 +8,8 @@ recipe).
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections as mlc
 
 # Per stage: (ref drop, pose+ref drop, face-centred crop, zoom, ref keep, change pose,
@@ -92,3 +94,61 @@ def get_data_config(stage: int = 2) -> mlc.ConfigDict:
   c.max_skipped_fraction = 0.01  # corrupt records tolerated before the run stops
   c.seed = 43
   return c
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The `config.data` section, typed and frozen: built once at the pipeline's entry
+  (`DataConfig.from_config`); everything below it reads these values, never the ConfigDict.
+  Field meanings are the comments of `get_data_config`."""
+
+  stage: int
+  source: str
+  pose_pool: str
+  global_batch: int
+  frames: int
+  train_fps: int
+  one_more_second: bool
+  image_ratio: float
+  refimg_cfg: float
+  pose_cfg: float
+  refimg_crop: float
+  zoomin: float
+  ref_keep: float
+  change_pose: float
+  hand_mask: bool
+  only_ref: bool
+  i2v: float
+  buckets: str
+  without_face_prob: float
+  limb_change_prob: float
+  face_change_prob: float
+  ref_noise_prob: float
+  ref_noise_mean: float
+  ref_noise_std: float
+  reproduce_official: bool
+  worker_count: int
+  read_threads: int
+  read_buffer: int
+  bucket_scale: float
+  ref_pose_without_face: bool
+  max_skipped_fraction: float
+  seed: int
+
+  # Keys of `config.data` that belong to other sources (the built-in synthetic one).
+  OTHER_SOURCES = ("synthetic",)
+
+  @classmethod
+  def from_config(cls, section) -> DataConfig:
+    """From a `config.data` ConfigDict (or a DataConfig); unknown or missing keys are named."""
+    if isinstance(section, cls):
+      return section
+    given = {k: v for k, v in section.items() if k not in cls.OTHER_SOURCES}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown, missing = sorted(set(given) - names), sorted(names - set(given))
+    if unknown or missing:
+      raise ValueError(
+        f"config.data: unknown keys {unknown}, missing keys {missing} (see "
+        "data_pipeline.config.get_data_config)"
+      )
+    return cls(**given)

@@ -378,7 +378,9 @@ def train_iterator(data_config, *, process_index: int = 0, process_count: int = 
     A `TrainIterator` yielding dicts of float32 numpy arrays (`pose_dropped` bool) per
     `data_pipeline.batch`, with `get_state()` / `set_state()` and `metrics()`.
   """
-  cfg = data_config
+  from data_pipeline.config import DataConfig
+
+  cfg = DataConfig.from_config(data_config)  # typed once here; nothing below reads the ConfigDict
   if not cfg.source:
     raise ValueError("config.data.source is empty; point it at a folder built by `o2a data build`")
   if not pathlib.Path(cfg.source).is_dir():
