@@ -24,7 +24,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]  # o2a_jax/puppet/evaluate.py -> the repository
 MODEL_DIR = REPO / "assets" / "puppet_model"
 VAE_DIR = REPO / "assets" / "puppet_vae"  # the VAE whose latent space the denoiser learned
 VAE_HASH_FILE = "vae_sha256.txt"  # in the model folder: sha256 of the VAE weights it was trained on
