@@ -4,6 +4,7 @@ import os
 import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("O2A_CHECK_DIMS", "1")  # every @dims annotation is checked on every call
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

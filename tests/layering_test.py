@@ -24,6 +24,7 @@ PACKAGES = ("o2a_jax", "kernels", "data_pipeline")
 CORE = {
   "o2a_jax",  # the package's own __init__ (no imports)
   "o2a_jax.sharding",
+  "o2a_jax.dims",
   "o2a_jax.layers",
   "o2a_jax.model",
   "o2a_jax.vae",

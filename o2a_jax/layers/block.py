@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from o2a_jax import sharding
+from o2a_jax.dims import dims
 from o2a_jax.layers.attention import Attention, Rope
 from o2a_jax.layers.linear import dense
 from o2a_jax.layers.norms import AffineLayerNorm, layer_norm_f32, param
@@ -78,6 +79,7 @@ class Block(nnx.Module):
     self.ffn_in = dense(dim, ffn_dim, ("embed", "mlp"), **dkw)
     self.ffn_out = dense(ffn_dim, dim, ("mlp", "embed"), **dkw)
 
+  @dims(h="B L D", tproj="B _ D", text="B S D", ref="B _ D", returns="B L D")
   def __call__(
     self,
     h: jax.Array,

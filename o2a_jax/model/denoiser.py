@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from o2a_jax import sharding
+from o2a_jax.dims import dims
 from o2a_jax.layers.block import ACT, Block, TokenReplace
 from o2a_jax.layers.conv_encoders import PoseEncoder, PrefixEncoder
 from o2a_jax.layers.embeddings import (
@@ -124,6 +125,15 @@ class Denoiser(nnx.Module):
     if ref_pose.shape != (b, 1, hp, wp, 3):
       fail("ref_pose", ref_pose, f"({b}, 1, {hp}, {wp}, 3)")
 
+  @dims(
+    latents="B T h w C",
+    timestep="B",
+    text_embeds="B S _",
+    ref_latents="B 1 h w _",
+    pose_video="B F H W 3",
+    ref_pose="B 1 H W 3",
+    returns="B T h w _",
+  )
   def __call__(
     self,
     latents: jax.Array,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from o2a_jax.dims import dims
 from o2a_jax.model.denoiser import TOKEN_REPLACE_FRAMES
 from o2a_jax.sampling import guidance
 from o2a_jax.sampling.euler import euler_step
@@ -104,6 +105,17 @@ def _denoise(
   return jax.lax.fori_loop(0, sig.shape[0] - 1, step, x)
 
 
+@dims(
+  image="H W 3",
+  mask="H W",
+  pose_video="F H W 3",
+  ref_pose="1 H W 3",
+  text_embeds="S _",
+  negative_text_embeds="S _",
+  noise="T h w _",
+  prev_frames="_ H W 3",
+  returns="F H W 3",
+)
 def generate_chunk(
   model,
   vae,

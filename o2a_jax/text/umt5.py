@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from o2a_jax import sharding
+from o2a_jax.dims import dims
 
 # Gated activations; transformers maps "gated-gelu" to the tanh approximation ("gelu_new").
 _ACTIVATIONS = {
@@ -165,6 +166,7 @@ class UMT5Encoder(nnx.Module):
     # Identifies the weights for embedding caches; set by the loader, "" for random weights.
     self.checkpoint_id = ""
 
+  @dims(input_ids="B L", attention_mask="B L", returns="B L D")
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
     """input_ids (B,S) int, attention_mask (B,S) 0/1 or None (all real) -> (B,S,D) in `dtype`.
 

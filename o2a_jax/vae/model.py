@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from o2a_jax.dims import dims
 from o2a_jax.vae.layers import CausalConv3d, MidBlock, Resample, ResidualBlock, RMSNorm
 from o2a_jax.vae.tiling import AxisPlan, plan_axis
 
@@ -372,6 +373,7 @@ class WanVAE(nnx.Module):
     m, s = self.cfg.latent_stats
     return denormalize(latents, latents_mean=m, latents_std=s)
 
+  @dims(video="B F H W 3", returns="B T h w C")
   def encode(self, video: jax.Array, *, tile: int | None = None, overlap: int | None = None):
     """(B,F,H,W,3) in [-1,1] -> posterior mean (B,T,h,w,z), T = (F-1)//4 + 1, not normalised.
 
@@ -403,6 +405,7 @@ class WanVAE(nnx.Module):
     out = _encode_jit(graphdef, state, video, plans, jnp.int32(n))
     return out[:, : 1 + n]
 
+  @dims(latents="B T h w C", returns="B F H W 3")
   def decode(self, latents: jax.Array, *, tile: int | None = None, overlap: int | None = None):
     """(B,T,h,w,z) posterior-mean latents (not normalised) -> (B,1+4(T-1),8h,8w,3) in [-1,1]."""
     latents = jnp.asarray(latents)
