@@ -22,7 +22,7 @@ def _env():
   return env
 
 
-FAST = ["env", "attention_numerics", "attention_speed", "denoise_step", "vae_decode"]
+FAST = ["env", "denoise_step", "vae_decode", "attention_numerics", "attention_speed"]
 
 
 def _dry_run(out, only=None):
