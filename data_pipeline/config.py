@@ -12,6 +12,8 @@ import dataclasses
 
 import ml_collections as mlc
 
+from o2a_jax import config_lib
+
 # Per stage: (ref drop, pose+ref drop, face-centred crop, zoom, ref keep, change pose,
 #             hand mask, only_ref, i2v, resolution buckets, 768 probability, 512 image prob).
 _STAGES = {
@@ -143,12 +145,4 @@ class DataConfig:
     """From a `config.data` ConfigDict (or a DataConfig); unknown or missing keys are named."""
     if isinstance(section, cls):
       return section
-    given = {k: v for k, v in section.items() if k not in cls.OTHER_SOURCES}
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown, missing = sorted(set(given) - names), sorted(names - set(given))
-    if unknown or missing:
-      raise ValueError(
-        f"config.data: unknown keys {unknown}, missing keys {missing} (see "
-        "data_pipeline.config.get_data_config)"
-      )
-    return cls(**given)
+    return config_lib.from_section(cls, section, "data", ignore=cls.OTHER_SOURCES)

@@ -7,8 +7,8 @@ on success, with a commit marker):
 
 Restoring takes the shardings from the current mesh (`jax.set_mesh`), so a checkpoint saved on
 one mesh restores onto another; without a mesh it restores onto the default device.
-`import_official` streams an official checkpoint into this format one tensor at a time through
-disk-backed buffers, so converting needs far less memory than the checkpoint's size.
+`save_params(..., streamed=True)` writes disk-backed leaves a storage chunk at a time and
+`restore_leaf` reads one parameter: `o2a_jax.convert.native` streams conversions through them.
 """
 
 from __future__ import annotations
@@ -88,10 +88,10 @@ class _SlicedNumpyHandler(ocp.type_handlers.NumpyHandler):
         region = tuple(slice(i, min(i + c, n)) for i, c, n in zip(start, grid, value.shape))
         await t[region].write(np.ascontiguousarray(value[region]))
         self.slices_written += 1
-        _drop_pages(value)
+        drop_pages(value)
 
 
-def _drop_pages(value: np.ndarray) -> None:
+def drop_pages(value: np.ndarray) -> None:
   """Unmaps a disk-backed array's pages from this process (no-op for ordinary arrays)."""
   base = value
   while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):

@@ -7,6 +7,8 @@ True, and unknown names raise KeyError naming the accepted ones.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections as mlc
 
 from o2a_jax.model.config import DenoiserConfig
@@ -44,9 +46,31 @@ def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
   return mlc.ConfigDict(out)
 
 
+def from_section(cls, section, name: str, *, ignore: tuple[str, ...] = ()):
+  """The frozen dataclass `cls` of the config section `config.<name>` (the ConfigDict stops
+  here): unknown keys and missing required keys are named; keys in `ignore` belong elsewhere."""
+  if section is None:
+    raise ValueError(f"config.{name} is missing")
+  given = {k: v for k, v in section.items() if k not in ignore}
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(given) - set(fields))
+  missing = sorted(
+    n
+    for n, f in fields.items()
+    if n not in given
+    and f.default is dataclasses.MISSING
+    and f.default_factory is dataclasses.MISSING
+  )
+  if unknown or missing:
+    raise ValueError(
+      f"config.{name}: unknown keys {unknown}, missing keys {missing}; accepted: {sorted(fields)}"
+    )
+  return cls(**given)
+
+
 def denoiser_config(model: mlc.ConfigDict) -> DenoiserConfig:
-  """The frozen DenoiserConfig of a `config.model` section (the ConfigDict stops here)."""
-  return DenoiserConfig(**model.to_dict())
+  """The frozen DenoiserConfig of a `config.model` section."""
+  return from_section(DenoiserConfig, model, "model")
 
 
 def load_config_file(path, arg: str | None = None) -> mlc.ConfigDict:

@@ -4,6 +4,7 @@ trainable sets are the spec's (official three training stages); the optimizer fo
 / coupled-L2 Adam.
 """
 
+import dataclasses
 import re
 
 import jax
@@ -249,8 +250,7 @@ def test_optimizer_matches_torch_arithmetic_and_decay_groups(name):
   small = nnx.from_flat_state(
     {tuple(k.split(".")): flat[k].replace(value=rand(flat[k].get_value().shape)) for k in pick}
   )
-  c = optim.default_optim_config()
-  c.update(dict(name=name, lr=1e-2, warmup_steps=3, weight_decay=0.1, clip_grad_norm=0.0))
+  c = optim.OptimConfig(name=name, lr=1e-2, warmup_steps=3, weight_decay=0.1, clip_grad_norm=0.0)
   tx = optim.make_optimizer(c, small)
   opt_state = tx.init(small)
   grads = [jax.tree.map(lambda x: rand(x.shape), small) for _ in range(5)]
@@ -275,15 +275,13 @@ def test_optimizer_matches_torch_arithmetic_and_decay_groups(name):
 
 def test_clipping_is_applied_before_adam():
   """Adam's first moment after one step is (1 - b1) x the clipped gradient."""
-  c = optim.default_optim_config()
-  c.update(dict(lr=1.0, warmup_steps=0, clip_grad_norm=1.0))
+  c = optim.OptimConfig(lr=1.0, warmup_steps=0, clip_grad_norm=1.0)
   p = {"w": jnp.ones((3,))}
   tx = optim.make_optimizer(c, p)
   _, opt_state = tx.update({"w": jnp.array([30.0, 40.0, 0.0])}, tx.init(p), p)
   mu = [s.mu for s in opt_state if hasattr(s, "mu")][0]
   np.testing.assert_allclose(mu["w"], 0.1 * np.array([0.6, 0.8, 0.0]), rtol=1e-6)
-  c.clip_grad_norm = 0.0
-  tx = optim.make_optimizer(c, p)
+  tx = optim.make_optimizer(dataclasses.replace(c, clip_grad_norm=0.0), p)
   _, opt_state = tx.update({"w": jnp.array([30.0, 40.0, 0.0])}, tx.init(p), p)
   mu = [s.mu for s in opt_state if hasattr(s, "mu")][0]
   np.testing.assert_allclose(mu["w"], [3.0, 4.0, 0.0], rtol=1e-6)
@@ -457,3 +455,32 @@ def test_stage1_train_step(fixtures_dir, inits):
   with pytest.raises(ValueError, match="stage 2 needs the full model"):
     config.stage = 2
     step.init_train_state(stage1, vae, step.step_config(config), seed=0, text_embeds=text)
+
+
+def test_step_config_is_typed_and_checked():
+  config = make_config()
+  sc = step.step_config(config)
+  assert isinstance(sc.loss, step.LossConfig) and isinstance(sc.optim, optim.OptimConfig)
+  with pytest.raises(ValueError, match="lr must be positive"):
+    optim.OptimConfig(lr=0.0)
+  with pytest.raises(ValueError, match="token_replace_prob must be in"):
+    step.LossConfig(token_replace_prob=1.5)
+  bad = make_config()
+  bad.loss.unlock()
+  bad.loss.face_wieght = 1.0
+  with pytest.raises(ValueError, match=r"config.loss: unknown keys \['face_wieght'\]"):
+    step.step_config(bad)
+  del bad.loss["face_wieght"]
+  del bad.optim["lr"]  # optional keys fall back to the dataclass default
+  assert step.step_config(bad).optim.lr == optim.OptimConfig().lr
+
+
+def test_data_config_names_unknown_and_missing_keys():
+  from data_pipeline.config import DataConfig, get_data_config
+
+  c = get_data_config(2)
+  assert DataConfig.from_config(c).frames == c.frames
+  del c["frames"]
+  c.framez = 29
+  with pytest.raises(ValueError, match=r"unknown keys \['framez'\], missing keys \['frames'\]"):
+    DataConfig.from_config(c)

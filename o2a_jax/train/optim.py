@@ -57,7 +57,26 @@ class OptimConfig:
   ema_start_step: int = 0
 
   def __post_init__(self):
-    check_optim_config(self)
+    def need(cond, msg):
+      if not cond:
+        raise ValueError(f"config.optim: {msg}")
+
+    need(self.name in OPTIMIZERS, f"name {self.name!r} not in {OPTIMIZERS}")
+    need(self.decay_mask in DECAY_MASKS, f"decay_mask {self.decay_mask!r} not in {DECAY_MASKS}")
+    need(self.schedule in SCHEDULES, f"schedule {self.schedule!r} not in {SCHEDULES}")
+    need(self.lr > 0, f"lr must be positive, got {self.lr}")
+    need(
+      0 <= self.b1 < 1 and 0 <= self.b2 < 1, f"betas must be in [0, 1), got ({self.b1}, {self.b2})"
+    )
+    need(self.eps > 0 and self.weight_decay >= 0, "eps must be positive and weight_decay >= 0")
+    need(
+      self.warmup_steps >= 0 and self.clip_grad_norm >= 0, "warmup_steps and clip_grad_norm >= 0"
+    )
+    need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+    need(
+      self.schedule != "cosine_with_warmup" or self.total_steps > self.warmup_steps,
+      "cosine_with_warmup needs total_steps > warmup_steps",
+    )
 
 
 def default_optim_config() -> mlc.ConfigDict:
@@ -65,28 +84,8 @@ def default_optim_config() -> mlc.ConfigDict:
   return mlc.ConfigDict(dataclasses.asdict(OptimConfig()))
 
 
-def check_optim_config(c) -> None:
-  def need(cond, msg):
-    if not cond:
-      raise ValueError(f"config.optim: {msg}")
-
-  need(c.name in OPTIMIZERS, f"name {c.name!r} not in {OPTIMIZERS}")
-  need(c.decay_mask in DECAY_MASKS, f"decay_mask {c.decay_mask!r} not in {DECAY_MASKS}")
-  need(c.schedule in SCHEDULES, f"schedule {c.schedule!r} not in {SCHEDULES}")
-  need(c.lr > 0, f"lr must be positive, got {c.lr}")
-  need(0 <= c.b1 < 1 and 0 <= c.b2 < 1, f"betas must be in [0, 1), got ({c.b1}, {c.b2})")
-  need(c.eps > 0 and c.weight_decay >= 0, "eps must be positive and weight_decay >= 0")
-  need(c.warmup_steps >= 0 and c.clip_grad_norm >= 0, "warmup_steps and clip_grad_norm >= 0")
-  need(0 <= c.ema_decay < 1, f"ema_decay must be in [0, 1), got {c.ema_decay}")
-  need(
-    c.schedule != "cosine_with_warmup" or c.total_steps > c.warmup_steps,
-    "cosine_with_warmup needs total_steps > warmup_steps",
-  )
-
-
 def learning_rate_schedule(c: OptimConfig) -> optax.Schedule:
   """lr(step) for optimizer step `step` (0-based), as diffusers' schedulers compute it."""
-  check_optim_config(c)
   warmup = int(c.warmup_steps)
 
   def schedule(step):
@@ -121,7 +120,6 @@ def matrix_mask(params: nnx.State) -> nnx.State:
 
 def make_optimizer(c: OptimConfig, params: nnx.State) -> optax.GradientTransformation:
   """The optax transformation for the trainable `params` (an nnx.State of float32 arrays)."""
-  check_optim_config(c)
   mask_kind = c.decay_mask
   if mask_kind == "auto":
     mask_kind = "all" if c.name == "adamw" else "matrices"

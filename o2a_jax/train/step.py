@@ -41,7 +41,7 @@ import optax
 from flax import nnx
 
 from data_pipeline.batch import check_batch
-from o2a_jax import sharding
+from o2a_jax import config_lib, sharding
 from o2a_jax.model.config import DenoiserConfig
 from o2a_jax.model.denoiser import TOKEN_REPLACE_FRAMES
 from o2a_jax.train import loss as L
@@ -135,15 +135,6 @@ class StepConfig:
   optim: optim.OptimConfig
 
 
-def _typed(cls, section, name: str):
-  fields = {f.name for f in dataclasses.fields(cls)}
-  given = dict(section.items()) if section is not None else {}
-  unknown = sorted(set(given) - fields)
-  if unknown:
-    raise ValueError(f"config.{name} has unknown keys {unknown}; accepted: {sorted(fields)}")
-  return cls(**given)
-
-
 def step_config(config: mlc.ConfigDict) -> StepConfig:
   """The typed `StepConfig` of a run config (`stage`, `loss`, `optim`, `train.trainable`)."""
   stage = trainable.check_stage(config.stage)
@@ -151,8 +142,8 @@ def step_config(config: mlc.ConfigDict) -> StepConfig:
   return StepConfig(
     stage=stage,
     trainable=which,
-    loss=_typed(LossConfig, config.get("loss"), "loss"),
-    optim=_typed(optim.OptimConfig, config.get("optim"), "optim"),
+    loss=config_lib.from_section(LossConfig, config.get("loss"), "loss"),
+    optim=config_lib.from_section(optim.OptimConfig, config.get("optim"), "optim"),
   )
 
 
