@@ -37,6 +37,7 @@ from data_pipeline import (  # noqa: E402
 )
 from data_pipeline import face_enhance as fe  # noqa: E402
 from data_pipeline import sample as S  # noqa: E402
+from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.pipeline import SampleLoader  # noqa: E402
 from data_pipeline.records import DatasetWriter, encode_image, pack_pose  # noqa: E402
 
@@ -144,7 +145,7 @@ def main() -> None:
     cfg = get_data_config(args.stage)
     cfg.source = d
     cfg.global_batch = 1
-    loader = SampleLoader(cfg, d, None, 0, 1)
+    loader = SampleLoader(DataConfig.from_config(cfg), d, None, 0, 1)
     _instrument()
     for res in ("512", "768"):
       r = bench_bucket(loader, res, args.samples)

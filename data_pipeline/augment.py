@@ -240,46 +240,61 @@ def random_rectangle(rng, h0: int, w0: int) -> tuple[int, int, int, int]:
   return (x, y, x + rw, y + rh)
 
 
-def _zoom(plan: RefPlan, rng, cfg, zmax: float) -> None:
-  if cfg.zoomin <= 0:
+@dataclasses.dataclass(frozen=True)
+class MaskingOdds:
+  """Probabilities of the reference-masking augmentation (one stage of the official recipe; the
+  `config.data` names are in brackets)."""
+
+  pose_drop: float = 0.0  # pose, reference and reference pose all dropped (pose_cfg)
+  ref_drop: float = 0.0  # the reference dropped (refimg_cfg)
+  crop: float = 0.0  # a face-centred crop of the reference (refimg_crop)
+  zoom: float = 0.0  # the reference or the video zoomed in (zoomin)
+  keep: float = 0.0  # the target is the unmasked reference, pose dropped (ref_keep)
+
+
+def _zoom(plan: RefPlan, rng, odds: MaskingOdds, zmax: float) -> None:
+  if odds.zoom <= 0:
     return
   q = rng.random()
   z = 1.0 + rng.uniform(0.0, zmax)
-  if q < cfg.zoomin / 2:
+  if q < odds.zoom / 2:
     plan.zoom_ref = z
-  elif q < cfg.zoomin:
+  elif q < odds.zoom:
     plan.zoom_video = z
 
 
-def plan_video_reference(rng, cfg, ref_pose: dict, h0: int, w0: int, aspect_wh: float) -> RefPlan:
+def plan_video_reference(
+  rng, odds: MaskingOdds, ref_pose: dict, h0: int, w0: int, aspect_wh: float
+) -> RefPlan:
   """`apply_random_cropping_strategy_v2` (official reference masking augmentation, videos and
   single-frame video samples).
   """
   plan = RefPlan()
   p = rng.random()
-  if p < cfg.pose_cfg:
+  if p < odds.pose_drop:
     plan.case, plan.drop_pose, plan.drop_ref, plan.drop_ref_pose = "pose_ref_drop", True, True, True
     return plan
-  if p < cfg.pose_cfg + cfg.refimg_cfg:
+  if p < odds.pose_drop + odds.ref_drop:
     plan.case, plan.drop_ref = "ref_drop", True
     return plan
   fbox = face_box(ref_pose, h0, w0)
-  if p < cfg.pose_cfg + cfg.refimg_cfg + cfg.refimg_crop and fbox is not None:
+  if p < odds.pose_drop + odds.ref_drop + odds.crop and fbox is not None:
     keep = face_centred_crop(rng, fbox, h0, w0, aspect_wh)
     if keep is not None:
       plan.case, plan.keep_box, plan.region = "face_crop", keep, Region((keep,), outside=True)
   elif rng.random() < 0.2:
     plan.case, plan.region = "rectangle", Region((random_rectangle(rng, h0, w0),))
-  if rng.random() < cfg.ref_keep:
+  if rng.random() < odds.keep:
     plan.ref_keep, plan.drop_pose, plan.drop_ref_pose = True, True, True
     return plan
-  _zoom(plan, rng, cfg, 0.2)
+  _zoom(plan, rng, odds, 0.2)
   return plan
 
 
 def plan_image_reference(
-  rng, cfg, src_pose: dict, h0: int, w0: int, aspect_wh: float, same_image: bool
-) -> RefPlan:
+  rng, odds: MaskingOdds, src_pose: dict, h0: int, w0: int, aspect_wh: float, same_image: bool,
+  *, official: bool = False,
+) -> RefPlan:  # fmt: skip
   """`apply_image_augmentation_strategy_v2` (official reference masking augmentation images), fixed
   or official (official bug: second draw for the reference drop).
 
@@ -291,21 +306,20 @@ def plan_image_reference(
   drop is kept on purpose).
   """
   plan = RefPlan()
-  official = cfg.reproduce_official
   u = rng.random()
   dropped = False
-  if u < cfg.pose_cfg:
+  if u < odds.pose_drop:
     plan.case, plan.drop_pose, plan.drop_ref, plan.drop_ref_pose = "pose_ref_drop", True, True, True
     dropped = True
     if not official:
       return plan
-  elif (rng.random() if official else u) < cfg.pose_cfg + cfg.refimg_cfg:
+  elif (rng.random() if official else u) < odds.pose_drop + odds.ref_drop:
     plan.case, plan.drop_ref = "ref_drop", True
     dropped = True
     if not official:
       return plan
   if not dropped:
-    if cfg.refimg_crop == 0 or not same_image:
+    if odds.crop == 0 or not same_image:
       return plan
     fbox = face_box(src_pose, h0, w0)
     keep = None if fbox is None else face_centred_crop(rng, fbox, h0, w0, aspect_wh, bottom=0.75)
@@ -315,10 +329,10 @@ def plan_image_reference(
       keep = (int(0.15 * w0), int(0.15 * h0), int(0.85 * w0), int(0.85 * h0))
       plan.case = "center_crop"
     plan.keep_box, plan.region = keep, Region((keep,), outside=True)
-  if rng.random() < cfg.ref_keep:
+  if rng.random() < odds.keep:
     plan.ref_keep, plan.drop_pose, plan.drop_ref_pose = True, True, True
     return plan
-  _zoom(plan, rng, cfg, 0.3)
+  _zoom(plan, rng, odds, 0.3)
   plan.ref_zoom_quirk = official and plan.zoom_ref != 1.0
   return plan
 
@@ -326,19 +340,22 @@ def plan_image_reference(
 # ----------------------------------------------------------------------------- reference noise
 
 
-def reference_noise(rng, ref: np.ndarray, mask: np.ndarray, cfg) -> tuple[np.ndarray, float]:
+def reference_noise(
+  rng, ref: np.ndarray, mask: np.ndarray, *, prob: float, log_mean: float, log_std: float,
+  double_exp: bool = False,
+) -> tuple[np.ndarray, float]:  # fmt: skip
   """GaussianNoiseAdder (official reference noise augmentation) on a [-1,1] reference; returns
   (reference, sigma or 0).
 
-  With probability `ref_noise_prob` and only for non-black references, adds sigma·N(0,1) to the
-  pixels outside the inpaint mask (mask < 0.5). sigma = exp(N(mean, std)) (fixed, default) or the
-  official double exponential exp(exp(N(mean, std))) (official bug: double exp in the reference
-  noise sigma, `reproduce_official`).
+  With probability `prob` and only for non-black references, adds sigma·N(0,1) to the pixels
+  outside the inpaint mask (mask < 0.5). sigma = exp(N(log_mean, log_std)) (fixed, default) or,
+  with `double_exp`, the official exp(exp(N(log_mean, log_std))) (official bug: double exp in the
+  reference noise sigma).
   """
-  if rng.random() >= cfg.ref_noise_prob or float(ref.max()) <= -0.99:
+  if rng.random() >= prob or float(ref.max()) <= -0.99:
     return ref, 0.0
-  log_sigma = rng.normal(cfg.ref_noise_mean, cfg.ref_noise_std)
-  sigma = float(np.exp(np.exp(log_sigma)) if cfg.reproduce_official else np.exp(log_sigma))
+  log_sigma = rng.normal(log_mean, log_std)
+  sigma = float(np.exp(np.exp(log_sigma)) if double_exp else np.exp(log_sigma))
   noise = rng.standard_normal(ref.shape, dtype=np.float32) * np.float32(sigma)
   keep = (mask < 0.5).astype(np.float32)
   return ref + noise * keep, sigma

@@ -12,6 +12,7 @@ import dataclasses
 
 import ml_collections as mlc
 
+from data_pipeline import augment
 from o2a_jax import config_lib
 
 # Per stage: (ref drop, pose+ref drop, face-centred crop, zoom, ref keep, change pose,
@@ -139,6 +140,14 @@ class DataConfig:
 
   # Keys of `config.data` that belong to other sources (the built-in synthetic one).
   OTHER_SOURCES = ("synthetic",)
+
+  @property
+  def masking_odds(self) -> augment.MaskingOdds:
+    """The reference-masking probabilities, as the augmentation functions take them."""
+    return augment.MaskingOdds(
+      pose_drop=self.pose_cfg, ref_drop=self.refimg_cfg, crop=self.refimg_crop,
+      zoom=self.zoomin, keep=self.ref_keep,
+    )  # fmt: skip
 
   @classmethod
   def from_config(cls, section) -> DataConfig:

@@ -141,18 +141,19 @@ def _scale_face(rng, face, rnd_face, nose, ar, alpha):
   return out / [ar, 1.0]
 
 
-def enhance(rng, poses: list, rnd_pose: dict, ar: float, cfg):
+def enhance(rng, poses: list, rnd_pose: dict, ar: float, *, limb_prob: float, face_prob: float):
   """Perturbs the driving poses' head and face geometry towards a random person.
 
   Returns (new poses, head_change, face_change); the poses are returned unchanged (and both flags
   False) when the random pose cannot be aligned or a needed face is missing. `ar` = W/H of the
-  frame. Decisions are drawn once per clip, the face blend once per frame.
+  frame. The head bones are rescaled with probability `limb_prob` and the face blended with
+  `face_prob`, both drawn once per clip; the blend weight is drawn once per frame.
   """
   aligned = align_scale_translate(poses[0], rnd_pose, ar)
   if aligned is None or not _face_valid(aligned) or not all(_face_valid(p) for p in poses):
     return poses, False, False
-  limb = rng.random() < cfg.limb_change_prob
-  face = rng.random() < cfg.face_change_prob
+  limb = rng.random() < limb_prob
+  face = rng.random() < face_prob
   if not (limb or face):
     return poses, False, False
   out = [copy.deepcopy(p) for p in poses]

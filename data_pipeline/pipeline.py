@@ -40,6 +40,7 @@ import numpy as np
 
 from data_pipeline import buckets
 from data_pipeline.batch import FIELDS
+from data_pipeline.config import DataConfig
 from data_pipeline.records import CorruptDataError, CorruptRecordError, RecordSource
 from data_pipeline.sample import pair_sample, video_sample
 
@@ -50,7 +51,12 @@ _EPOCH_CACHE = 3
 _STATE_VERSION = 1
 
 
-def _check_config(cfg) -> None:
+def _check_config(cfg: DataConfig) -> None:
+  if not isinstance(cfg, DataConfig):
+    raise TypeError(
+      f"the data pipeline takes a typed DataConfig, got {type(cfg).__name__}; build it once with "
+      "data_pipeline.config.DataConfig.from_config(config.data)"
+    )
   if (cfg.frames - 1) % 4:
     raise ValueError(f"config.data.frames must be 4k+1, got {cfg.frames}")
   if cfg.global_batch < 1:
@@ -66,7 +72,7 @@ _MAX_SKIP_REPORTS = 20  # per loader (and worker process): the first skips are l
 class EpochPlanner:
   """Plans epochs (lists of global batches) from the record metadata; picklable, cached."""
 
-  def __init__(self, cfg, clips_meta: dict, pairs_meta: dict):
+  def __init__(self, cfg: DataConfig, clips_meta: dict, pairs_meta: dict):
     _check_config(cfg)
     self.cfg = cfg
     self.clips = clips_meta
@@ -223,7 +229,8 @@ class EpochPlanner:
 class SampleLoader:
   """Process-local sample counter i -> one sample (picklable Grain map function)."""
 
-  def __init__(self, cfg, data_dir, pool_dir, process_index: int, process_count: int):
+  def __init__(self, cfg: DataConfig, data_dir, pool_dir, process_index: int, process_count: int):
+    _check_config(cfg)
     self.cfg = cfg
     self.clips = RecordSource(data_dir, "clip")
     self.pairs = RecordSource(data_dir, "pair")
@@ -378,8 +385,6 @@ def train_iterator(data_config, *, process_index: int = 0, process_count: int = 
     A `TrainIterator` yielding dicts of float32 numpy arrays (`pose_dropped` bool) per
     `data_pipeline.batch`, with `get_state()` / `set_state()` and `metrics()`.
   """
-  from data_pipeline.config import DataConfig
-
   cfg = DataConfig.from_config(data_config)  # typed once here; nothing below reads the ConfigDict
   if not cfg.source:
     raise ValueError("config.data.source is empty; point it at a folder built by `o2a data build`")

@@ -141,7 +141,10 @@ def _assemble(
     drawn = _normalise(ref_pose_map.gather(render(ref_pose, h0, w0, **ref_pose_flags)))
     ref_pose_img = np.where(hole[..., None], np.float32(-1.0), drawn)[None]
   face_mask, ocr_mask = _masks(face_regions, ocr_regions, vmap)
-  ref_image, sigma = A.reference_noise(rng, ref_image, ref_mask[..., 0:1], cfg)
+  ref_image, sigma = A.reference_noise(
+    rng, ref_image, ref_mask[..., 0:1], prob=cfg.ref_noise_prob, log_mean=cfg.ref_noise_mean,
+    log_std=cfg.ref_noise_std, double_exp=cfg.reproduce_official,
+  )  # fmt: skip
   sample = {
     "video": video,
     "pose_video": pose_video,
@@ -174,7 +177,7 @@ def video_sample(rec: dict, rng, cfg, height: int, width: int, frames: int, pool
   ref_pose = _pose(rec["poses"][ref_idx], f"{rec.get('id')} pose[{ref_idx}]")
   without_face = bool(rng.random() < cfg.without_face_prob)
   drawn, head_change, face_change = _face_enhancement(rng, cfg, poses, h0, w0, pool)
-  plan = A.plan_video_reference(rng, cfg, ref_pose, h0, w0, width / height)
+  plan = A.plan_video_reference(rng, cfg.masking_odds, ref_pose, h0, w0, width / height)
   target = (_frame(rec, int(i), h0, w0) for i in idx)
   ref = _frame(rec, ref_idx, h0, w0)
   sample, info = _assemble(
@@ -208,7 +211,9 @@ def pair_sample(rec: dict, rng, cfg, height: int, width: int, pool=None):
   caption = str(rec.get("caption", "")).lower()
   without_face = any(w in caption for w in ("cartoon", "animate", "anime"))
   drawn, head_change, face_change = _face_enhancement(rng, cfg, [tgt_pose], h0, w0, pool)
-  plan = A.plan_image_reference(rng, cfg, src_pose, h0, w0, width / height, same)
+  plan = A.plan_image_reference(
+    rng, cfg.masking_odds, src_pose, h0, w0, width / height, same, official=cfg.reproduce_official
+  )
   sample, info = _assemble(
     rng=rng, cfg=cfg, plan=plan, target=tgt[None], ref=src, h0=h0, w0=w0, height=height,
     width=width, driving_poses=drawn, ref_pose=src_pose,
@@ -228,4 +233,6 @@ def _face_enhancement(rng, cfg, poses, h0, w0, pool):
   if pool is None or cfg.change_pose <= 0 or rng.random() >= cfg.change_pose:
     return poses, False, False
   rnd = pool_pose(pool(rng, h0 / w0), h0 / w0)
-  return enhance(rng, poses, rnd, w0 / h0, cfg)
+  return enhance(
+    rng, poses, rnd, w0 / h0, limb_prob=cfg.limb_change_prob, face_prob=cfg.face_change_prob
+  )

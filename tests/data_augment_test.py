@@ -9,6 +9,7 @@ import pytest
 from data_pipeline import augment as A
 from data_pipeline import buckets, get_data_config, synthetic
 from data_pipeline import sample as S
+from data_pipeline.config import DataConfig
 from data_pipeline.face_enhance import enhance, pool_pose
 from data_pipeline.records import deserialize, pack_pose, serialize
 
@@ -19,7 +20,7 @@ def _cfg(**kw):
   c = get_data_config(2)
   c.frames = 5
   c.update(kw)
-  return c
+  return DataConfig.from_config(c)
 
 
 def _pose(cx=64.0, phase=0.0, h=H0, w=W0):
@@ -88,7 +89,9 @@ def test_face_crop_keeps_face_box_inside():
   for seed in range(300):
     rng = np.random.default_rng(seed)
     ref = _pose(cx=rng.uniform(30, 100), phase=rng.uniform(0, 6))
-    plan = A.plan_video_reference(rng, cfg, ref, H0, W0, rng.choice([0.5, 0.75, 1.0, 1.78]))
+    plan = A.plan_video_reference(
+      rng, cfg.masking_odds, ref, H0, W0, rng.choice([0.5, 0.75, 1.0, 1.78])
+    )
     fb = A.face_box(ref, H0, W0)
     assert fb is not None
     if plan.case == "face_crop":
@@ -128,7 +131,7 @@ def test_reference_dropout_frequencies():
   ref = _pose()
   rng = np.random.default_rng(0)
   for _ in range(n):
-    plan = A.plan_video_reference(rng, cfg, ref, H0, W0, 1.0)
+    plan = A.plan_video_reference(rng, cfg.masking_odds, ref, H0, W0, 1.0)
     cases["pose_ref_drop"] += plan.case == "pose_ref_drop"
     cases["ref_drop"] += plan.case == "ref_drop"
     cases["keep"] += plan.ref_keep
@@ -147,7 +150,9 @@ def test_image_reference_dropout_fixed_and_official(official, p_ref_drop):
   rng = np.random.default_rng(1)
   src = _pose()
   for _ in range(n):
-    plan = A.plan_image_reference(rng, cfg, src, H0, W0, 1.0, same_image=True)
+    plan = A.plan_image_reference(
+      rng, cfg.masking_odds, src, H0, W0, 1.0, same_image=True, official=official
+    )
     hits += plan.case == "ref_drop"
     zoom_quirk += plan.ref_zoom_quirk
     if plan.case in ("face_crop", "center_crop"):
@@ -160,26 +165,29 @@ def test_reference_noise_fixed_and_double_exp():
   ref = np.zeros((1, 8, 8, 3), np.float32)
   mask = np.zeros((1, 8, 8, 1), np.float32)
   mask[:, :4] = 1
+  noise = dict(prob=1.0, log_mean=-3.0, log_std=0.5)  # the recipe's sigma distribution
   for official, lo, hi in ((False, 0.005, 0.3), (True, 1.0, 1.5)):
-    cfg = _cfg(reproduce_official=official, ref_noise_prob=1.0)
     sigmas = []
     for seed in range(50):
-      out, sigma = A.reference_noise(np.random.default_rng(seed), ref, mask, cfg)
+      rng = np.random.default_rng(seed)
+      out, sigma = A.reference_noise(rng, ref, mask, **noise, double_exp=official)
       sigmas.append(sigma)
       assert np.all(out[:, :4] == 0)  # masked pixels untouched
     assert lo < np.median(sigmas) < hi
   black = np.full_like(ref, -1.0)
-  out, sigma = A.reference_noise(np.random.default_rng(0), black, mask, _cfg(ref_noise_prob=1.0))
+  out, sigma = A.reference_noise(np.random.default_rng(0), black, mask, **noise)
   assert sigma == 0 and np.all(out == -1)
 
 
 def test_face_enhancement_flags_and_geometry(pool_record):
   cfg = _cfg()
+  odds = dict(limb_prob=cfg.limb_change_prob, face_prob=cfg.face_change_prob)
   rnd = pool_pose(pool_record, H0 / W0)
   poses = [_pose(cx=50 + t, phase=t) for t in range(5)]
   counts = {"limb": 0, "face": 0, "none": 0}
   for seed in range(300):
-    out, head_change, face_change = enhance(np.random.default_rng(seed), poses, rnd, W0 / H0, cfg)
+    rng = np.random.default_rng(seed)
+    out, head_change, face_change = enhance(rng, poses, rnd, W0 / H0, **odds)
     if not face_change:
       assert not head_change and out is poses
       counts["none"] += 1

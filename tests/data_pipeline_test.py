@@ -17,6 +17,7 @@ from data_pipeline import (
   train_iterator,
 )
 from data_pipeline.batch import check_batch
+from data_pipeline.config import DataConfig
 from data_pipeline.pipeline import EpochPlanner, SampleLoader
 from data_pipeline.records import (
   CorruptDataError,
@@ -50,6 +51,10 @@ def _cfg(source, **kw):
   c.global_batch = 2
   c.update(kw)
   return c
+
+
+def _typed(source, **kw):
+  return DataConfig.from_config(_cfg(source, **kw))
 
 
 def _take(it, n):
@@ -165,7 +170,7 @@ def test_epoch_plan_reads_each_record_once():
     "end_frame": np.full(n, 200),
     "n_frames": np.full(n, 200),
   }
-  cfg = _cfg("unused", global_batch=8, frames=29, image_ratio=0.0)
+  cfg = _typed("unused", global_batch=8, frames=29, image_ratio=0.0)
   planner = EpochPlanner(cfg, clips, {})
   for epoch in range(2):
     used = [tuple(m[off + j]) for _, m, off in planner.epoch(epoch) for j in range(8)]
@@ -187,7 +192,7 @@ def test_mixing_and_bucket_frequencies():
     "n_frames": np.full(n_vid, 150),
   }
   pairs = {"height": np.full(n_img, 1024), "width": np.full(n_img, 768)}
-  cfg = _cfg("unused", global_batch=1, frames=29, bucket_scale=1.0)
+  cfg = _typed("unused", global_batch=1, frames=29, bucket_scale=1.0)
   batches = EpochPlanner(cfg, clips, pairs).epoch(0)
   kinds = np.array([m[o][0] for _, m, o in batches])
   keys = [k for k, _, _ in batches]
@@ -406,7 +411,7 @@ def test_build_video_folder(tmp_path):
 
 
 def test_loader_info_matches_plan(dataset):
-  cfg = _cfg(dataset)
+  cfg = _typed(dataset)
   loader = SampleLoader(cfg, dataset, None, 0, 1)
   _, info, skipped = loader.global_sample(0, 1)
   kind, idx, key, _, _ = loader.planner.slot(0, 1)
@@ -460,7 +465,7 @@ def test_clip_capacity_matches_frame_sampler(official):
     "end_frame": end,
     "n_frames": nf,
   }
-  cfg = _cfg("unused", frames=29, global_batch=1, reproduce_official=official)
+  cfg = _typed("unused", frames=29, global_batch=1, reproduce_official=official)
   cap = EpochPlanner(cfg, clips, {})._clip_capacity()
   for i in range(n):
     row = {k: v[i] for k, v in clips.items()}
