@@ -296,3 +296,15 @@ def test_text_embeddings_from_files(tmp_path):
   assert text_embeddings(16, need_negative=True, empty_text_embeds="zeros")[0].shape == (512, 16)
   with pytest.raises(ValueError, match="no text conditioning"):
     text_embeddings(16, need_negative=False)
+
+
+def test_library_values_check_themselves(files):
+  from o2a_jax.inference import generation, pose_sources
+
+  d, _ = files
+  with pytest.raises(ValueError, match="--steps must be >= 1"):
+    generation.Sampling(steps=0)
+  with pytest.raises(ValueError, match="a driving video needs pose estimation"):
+    pose_sources.PoseModels().estimator("a driving video")
+  frames = pose_sources.render_file(d / "drv.json", start=4, count=2, progress=False)
+  assert frames.shape == (2, 32, 32, 3) and frames.dtype == np.uint8 and frames.any()

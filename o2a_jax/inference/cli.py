@@ -14,16 +14,13 @@ see `o2a_jax.pose.estimate`); pose files (.json, official .npy) do not. Outputs:
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import pathlib
 import time
-
-import numpy as np
 
 from o2a_jax.cli_types import dtype_name
 from o2a_jax.inference.prepare import MODES
 from o2a_jax.io.output_paths import check_output
-from o2a_jax.model.config import defaults_for
 
 EPILOG = __doc__.replace("```\n", "")  # the module docstring, without its Markdown fences
 
@@ -243,70 +240,21 @@ def add_parser(sub) -> None:
   r.set_defaults(func=run_render)
 
 
-# --- helpers --------------------------------------------------------------------------------------
+# --- options -> library values -----------------------------------------------------------------
+# The library (`inference.generation`, `inference.pose_sources`) is imported when a command runs,
+# so that `--help` does not load JAX.
 
 
-def _estimator(args, why: str):
-  from o2a_jax.pose.estimate import PoseEstimator
+def _pose_models(args):
+  from o2a_jax.inference.pose_sources import PoseModels
 
-  if not (args.det_model and args.pose_model):
-    raise ValueError(f"{why} needs pose estimation: give --det-model and --pose-model (ONNX files)")
-  return PoseEstimator(
-    args.det_model,
-    args.pose_model,
+  return PoseModels(
+    det_model=args.det_model,
+    pose_model=args.pose_model,
     det_kind=args.det_kind,
     pose_kind=args.pose_kind,
     person=args.person,
   )
-
-
-def _is_pose_file(path) -> bool:
-  from o2a_jax.inference.load import POSE_SUFFIXES
-
-  return pathlib.Path(path).suffix.lower() in POSE_SUFFIXES
-
-
-def _driving(args, ref_hw, *, progress: bool):
-  """Driving poses (Poses) at the reference size, and the source fps."""
-  from o2a_jax.inference.load import read_pose_file
-  from o2a_jax.inference.prepare import Poses, frame_indices, resize_crop
-  from o2a_jax.io.video import read_video
-
-  if _is_pose_file(args.driving):
-    poses = read_pose_file(args.driving)
-    idx = frame_indices(len(poses), start=args.start, count=args.frames, stride=args.stride)
-    return poses.select(idx), 16.0
-  stop = None if args.frames is None else args.start + args.frames * args.stride
-  frames, fps = read_video(args.driving, max_frames=stop)
-  idx = frame_indices(len(frames), start=args.start, count=args.frames, stride=args.stride)
-  h, w = ref_hw
-  # As officially: driving frames are centre-cropped/resized to the reference size first.
-  frames = np.stack([resize_crop(frames[i], h, w) for i in idx])
-  est = _estimator(args, "a driving video")
-  kp = est.estimate_video(frames, what=f"driving video {args.driving!r}", progress=progress)
-  return Poses(kp133=kp, width=w, height=h), fps / args.stride
-
-
-def _reference_pose(args, image):
-  from o2a_jax.inference.load import read_pose_file
-  from o2a_jax.inference.prepare import Poses
-
-  if args.ref_pose:
-    return read_pose_file(args.ref_pose)
-  est = _estimator(args, "the reference image (or give --ref-pose)")
-  kp = est.estimate(image, f"reference image {args.ref!r}")
-  return Poses(kp133=kp[None], width=image.shape[1], height=image.shape[0])
-
-
-def _check_sampling_args(args):
-  if args.steps < 1:
-    raise ValueError(f"--steps must be >= 1, got {args.steps}")
-  if args.shift <= 0:
-    raise ValueError(f"--shift must be positive, got {args.shift}")
-  out = pathlib.Path(args.out)
-  if out.suffix.lower() not in (".mp4", ".gif", ".png", ""):
-    raise ValueError(f"--out {args.out!r}: use .mp4, .gif, .png or a folder name")
-  check_output(out, overwrite=args.overwrite, folder=out.suffix == "")
 
 
 def _anchor(text: str):
@@ -318,106 +266,49 @@ def _anchor(text: str):
     raise ValueError(f"--anchor must be a frame index or 'auto', got {text!r}") from None
 
 
-def _prepare(args, image, ref, driving, *, max_short, progress):
-  from o2a_jax.inference.prepare import prepare
+def _generation_options(args, *, reproduce_official: bool = False) -> dict:
+  """The keyword arguments of `generation.generate` from the generation options."""
+  from o2a_jax.inference import generation as g
+  from o2a_jax.inference.sharded import parse_mesh
 
-  return prepare(
-    image,
-    ref,
-    driving,
+  files = g.ModelFiles(
+    checkpoint=args.checkpoint,
+    vae=args.vae,
+    dtype=args.dtype,
+    vae_dtype=args.vae_dtype,
+    attn_impl=args.attn_impl,
+    mesh=parse_mesh(args.mesh) if args.mesh else None,
+    context_parallel=args.context_parallel,
+  )
+  text = g.TextSource(**{f.name: getattr(args, f.name) for f in dataclasses.fields(g.TextSource)})
+  sampling = g.Sampling(
+    steps=args.steps,
+    shift=args.shift,
+    image_guidance=args.image_guidance,
+    pose_guidance=args.pose_guidance,
+    pose_scale=args.pose_scale,
+    seed=args.seed,
+    reproduce_official=reproduce_official,
+  )
+  preprocess = g.Preprocess(
     mode=args.mode,
     retarget=args.retarget,
     anchor=_anchor(args.anchor),
     size=args.size,
-    max_short=max_short,
+    max_short=args.max_short,
     face_change=not args.no_face_change,
     head_change=args.head_change,
     without_face=args.without_face,
-    progress=progress,
   )
+  progress = not args.no_progress
+  return dict(files=files, text=text, sampling=sampling, preprocess=preprocess, progress=progress)
 
 
-def _load_models(args, *, progress: bool):
-  """(model, vae, mesh context) honouring --mesh; the context stays entered while sampling."""
-  import jax
-  import jax.numpy as jnp
-  from tqdm import tqdm
-
-  from kernels.attention import context_parallel
-  from o2a_jax import sharding
-  from o2a_jax.convert import load_vae
-  from o2a_jax.inference import load, sharded
-
-  stack = contextlib.ExitStack()
-  impl = args.attn_impl
-  mesh = None
-  if args.mesh:
-    mesh = sharding.make_mesh(sharded.parse_mesh(args.mesh))
-    impl = context_parallel.register_context_parallel(impl or "xla", args.context_parallel)
-    stack.enter_context(jax.set_mesh(mesh))
-  with tqdm(desc="loading denoiser", unit="tensor", disable=not progress) as bar:
-    model = load.load_denoiser(
-      args.checkpoint, dtype=args.dtype, attn_impl=impl, progress=lambda n: bar.update(n - bar.n)
-    )
-  vae = load_vae(args.vae, dtype=jnp.dtype(args.vae_dtype))
-  load.check_finite(vae, f"--vae {args.vae!r}")
-  if mesh is not None:
-    sharded.replicate(vae, mesh)
-  return model, vae, mesh, stack
-
-
-def _defaults_from_model(args, model):
-  """(guidance, max_short): the options, with the model preset's defaults for those not given."""
-  from o2a_jax.sampling.guidance import Guidance
-
-  defaults = defaults_for(model.cfg)  # the preset's, by the checkpoint's width
-  image = defaults.image_guidance if args.image_guidance is None else args.image_guidance
-  max_short = args.max_short
-  if max_short is None and args.size is None:
-    max_short = defaults.max_short
-  return Guidance(image, args.pose_guidance), max_short
-
-
-def _sample(args, model, vae, mesh, inputs, guidance, *, reproduce_official=False, progress=True):
-  from o2a_jax.inference import load, sharded
-  from o2a_jax.inference.animate import generate_video
-
-  text, neg = load.text_embeddings(
-    model.cfg.text_dim,
-    need_negative=guidance.passes > 1,
-    text_encoder=args.text_encoder,
-    tokenizer=args.tokenizer,
-    text_dtype=args.text_dtype,
-    text_cache=args.text_cache,
-    prompt=args.prompt,
-    negative_prompt=args.negative_prompt,
-    text_embeds=args.text_embeds,
-    negative_text_embeds=args.negative_text_embeds,
-    empty_text_embeds=args.empty_text_embeds,
-  )
-  if mesh is not None:
-    hh, ww = inputs.image.shape[:2]
-    sharded.check_sampling_mesh(
-      mesh,
-      passes=guidance.passes,
-      num_heads=model.cfg.num_heads,
-      tokens_per_frame=model.cfg.tokens_per_frame(hh, ww),
-    )
-  return generate_video(
-    model,
-    vae,
-    inputs,
-    text,
-    neg,
-    steps=args.steps,
-    shift=args.shift,
-    image_guidance=guidance.image,
-    pose_guidance=guidance.pose,
-    pose_scale=args.pose_scale,
-    seed=args.seed,
-    reproduce_official=reproduce_official,
-    progress=progress,
-  )
+def _check_video_out(out: str, overwrite: bool) -> None:
+  path = pathlib.Path(out)
+  if path.suffix.lower() not in (".mp4", ".gif", ".png", ""):
+    raise ValueError(f"--out {out!r}: use .mp4, .gif, .png or a folder name")
+  check_output(path, overwrite=overwrite, folder=path.suffix == "")
 
 
 def _write(args, video, poses, fps):
@@ -433,134 +324,66 @@ def _write(args, video, poses, fps):
 
 
 def run_animate(args) -> int:
+  from o2a_jax.inference import generation, pose_sources
   from o2a_jax.io.video import read_image
 
-  progress = not args.no_progress
-  _check_sampling_args(args)
   t0 = time.perf_counter()
+  _check_video_out(args.out, args.overwrite)
+  options = _generation_options(args, reproduce_official=args.reproduce_official)
+  models = _pose_models(args)
   image = read_image(args.ref)
-  ref = _reference_pose(args, image)
-  driving, fps = _driving(args, image.shape[:2], progress=progress)
-  if args.reproduce_official and len(driving) < 81:
-    raise ValueError(
-      f"--reproduce-official needs at least 81 driving frames (the official chunk plan crashes "
-      f"below), got {len(driving)}"
-    )
-  model, vae, mesh, stack = _load_models(args, progress=progress)
-  with stack:
-    guidance, max_short = _defaults_from_model(args, model)
-    inputs = _prepare(args, image, ref, driving, max_short=max_short, progress=progress)
-    video = _sample(
-      args,
-      model,
-      vae,
-      mesh,
-      inputs,
-      guidance,
-      reproduce_official=args.reproduce_official,
-      progress=progress,
-    )
-  _write(args, video, inputs.poses, args.fps or fps)
+  ref = pose_sources.reference_poses(
+    image, f"reference image {args.ref!r}", pose_file=args.ref_pose, models=models
+  )
+  driving, fps = pose_sources.driving_poses(
+    args.driving, image.shape[:2], start=args.start, count=args.frames, stride=args.stride,
+    models=models, progress=options["progress"],
+  )  # fmt: skip
+  video, poses = generation.generate(image=image, ref=ref, driving=driving, **options)
+  _write(args, video, poses, args.fps or fps)
   print(f"done in {time.perf_counter() - t0:.1f} s")
   return 0
 
 
 def run_transfer(args) -> int:
-  from o2a_jax.inference.load import read_pose_file
-  from o2a_jax.inference.prepare import Poses
+  from o2a_jax.inference import generation, pose_sources
   from o2a_jax.io.video import read_image
 
-  progress = not args.no_progress
-  _check_sampling_args(args)
+  _check_video_out(args.out, args.overwrite)
+  options = _generation_options(args)
+  models = _pose_models(args)
   image = read_image(args.ref)
-  ref = _reference_pose(args, image)
-  if _is_pose_file(args.pose):
-    poses = read_pose_file(args.pose)
-    if not 0 <= args.pose_frame < len(poses):
-      raise ValueError(
-        f"--pose-frame {args.pose_frame} is outside the {len(poses)} frames of {args.pose!r}"
-      )
-    target = poses.select(slice(args.pose_frame, args.pose_frame + 1))
-  else:
-    target_image = read_image(args.pose)
-    kp = _estimator(args, "a target pose image").estimate(target_image, f"pose image {args.pose!r}")
-    target = Poses(kp133=kp[None], width=target_image.shape[1], height=target_image.shape[0])
-  model, vae, mesh, stack = _load_models(args, progress=progress)
-  with stack:
-    guidance, max_short = _defaults_from_model(args, model)
-    inputs = _prepare(args, image, ref, target, max_short=max_short, progress=progress)
-    video = _sample(args, model, vae, mesh, inputs, guidance, progress=progress)
-  _write(args, video, inputs.poses, 16.0)
+  ref = pose_sources.reference_poses(
+    image, f"reference image {args.ref!r}", pose_file=args.ref_pose, models=models
+  )
+  target = pose_sources.target_poses(args.pose, frame=args.pose_frame, models=models)
+  video, poses = generation.generate(image=image, ref=ref, driving=target, **options)
+  _write(args, video, poses, pose_sources.POSE_FILE_FPS)
   return 0
 
 
 def run_extract(args) -> int:
-  from o2a_jax import pose as pose_lib
-  from o2a_jax.inference.load import write_pose_npy
-  from o2a_jax.inference.prepare import frame_indices
-  from o2a_jax.io.video import read_video
-  from o2a_jax.pose.coco import dwpose_from_meta, metas_from_kp133
+  from o2a_jax.inference import pose_sources
 
-  out = pathlib.Path(args.out)
-  if out.suffix not in (".json", ".npy"):
-    raise ValueError(f"--out {args.out!r}: use .json (o2a-pose) or .npy (official pose dicts)")
-  check_output(out, overwrite=args.overwrite)
-  est = _estimator(args, "pose extract")
-  stop = None if args.frames is None else args.start + args.frames * args.stride
-  frames, _ = read_video(args.input, max_frames=stop)
-  idx = frame_indices(len(frames), start=args.start, count=args.frames, stride=args.stride)
-  frames = frames[idx]
-  kp = est.estimate_video(frames, what=repr(args.input), progress=not args.no_progress)
-  h, w = frames.shape[1:3]
-  if out.suffix == ".json" and args.kind == "coco_wholebody":
-    pose_lib.write_keypoints_json(out, kp, w, h)
-  else:
-    dicts = [dwpose_from_meta(m) for m in metas_from_kp133(kp, w, h, repr(args.input))]
-    if out.suffix == ".json":
-      pose_lib.write_poses_json(out, dicts, w, h)
-    else:
-      write_pose_npy(out, dicts)
-  print(f"wrote {out} ({len(kp)} frames, {w}x{h})")
+  n, w, h = pose_sources.extract(
+    args.input, args.out, kind=args.kind, start=args.start, count=args.frames,
+    stride=args.stride, models=_pose_models(args), overwrite=args.overwrite,
+    progress=not args.no_progress,
+  )  # fmt: skip
+  print(f"wrote {args.out} ({n} frames, {w}x{h})")
   return 0
 
 
 def run_render(args) -> int:
-  from tqdm import tqdm
-
-  from o2a_jax import pose as pose_lib
-  from o2a_jax.inference.load import read_pose_file
-  from o2a_jax.inference.prepare import driving_dicts, frame_indices
+  from o2a_jax.inference import pose_sources
   from o2a_jax.io.video import write_video
 
-  out = pathlib.Path(args.out)
-  if out.suffix.lower() not in (".mp4", ".gif", ".png", ""):
-    raise ValueError(f"--out {args.out!r}: use .mp4, .gif, .png or a folder name")
-  check_output(out, overwrite=args.overwrite, folder=out.suffix == "")
-  poses = read_pose_file(args.poses)
-  idx = frame_indices(len(poses), start=args.start, count=args.frames, stride=args.stride)
-  poses = poses.select(idx)
-  if args.size is not None:
-    h, w = args.size
-    if h < 1 or w < 1:
-      raise ValueError(f"--size {h}x{w} must be positive")
-  elif poses.width and poses.height:
-    h, w = poses.height, poses.width
-  else:
-    raise ValueError(f"{args.poses!r} does not record its frame size: give --size HxW")
-  dicts = driving_dicts(poses, w, h)
-  frames = np.stack(
-    [
-      pose_lib.render(
-        p,
-        h,
-        w,
-        without_face=args.without_face,
-        face_change=args.face_change,
-        head_change=args.head_change,
-      )
-      for p in tqdm(dicts, desc="rendering poses", unit="frame", disable=args.no_progress)
-    ]
-  )
+  _check_video_out(args.out, args.overwrite)
+  frames = pose_sources.render_file(
+    args.poses, size=args.size, start=args.start, count=args.frames, stride=args.stride,
+    without_face=args.without_face, face_change=args.face_change, head_change=args.head_change,
+    progress=not args.no_progress,
+  )  # fmt: skip
   path = write_video(args.out, frames, args.fps)
-  print(f"wrote {path} ({len(frames)} frames, {h}x{w})")
+  print(f"wrote {path} ({len(frames)} frames, {frames.shape[1]}x{frames.shape[2]})")
   return 0
