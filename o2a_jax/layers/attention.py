@@ -16,6 +16,7 @@ from flax import nnx
 
 import kernels
 from o2a_jax import sharding
+from o2a_jax.dims import dims
 from o2a_jax.layers.linear import dense
 from o2a_jax.layers.norms import RMSNorm
 
@@ -56,6 +57,7 @@ class Attention(nnx.Module):
     x = x.reshape(*x.shape[:-1], self.num_heads, -1)  # B L N K
     return sharding.constrain(x, ("act_batch", "act_tokens", "act_heads", None))
 
+  @dims(x="B L D", context="B S D", ref="B _ D", returns="B L D")
   def __call__(
     self,
     x: jax.Array,

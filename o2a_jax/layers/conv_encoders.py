@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from o2a_jax import sharding
+from o2a_jax.dims import dims
 from o2a_jax.layers.conv import conv3d
 from o2a_jax.layers.norms import GroupNorm, param
 
@@ -126,6 +127,7 @@ class PoseEncoder(nnx.Module):
       self.downs.append(Conv(ch, ch, (3, 3, 3), stride=stride, **kw))
     self.conv_out = Conv(channels[-1], dim, (3, 3, 3), zero=True, out_axis="embed", **kw)
 
+  @dims(x="B F H W 3", returns="B T _ _ D")
   def __call__(self, x: jax.Array) -> jax.Array:
     x = sharding.constrain(x.astype(self.dtype), _BATCH_ONLY)
     h = self.conv_in(causal_pad(x))
@@ -156,6 +158,7 @@ class PrefixEncoder(nnx.Module):
     self.resnets = nnx.List([_Resnet(ch, groups, (3, 3), **kw) for _ in range(blocks)])
     self.conv_out = Conv(ch, cout, (3, 3), zero=True, **kw)
 
+  @dims(x="B T H W _", returns="B T H W _")
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t = x.shape[:2]
     x = sharding.constrain(x, _BATCH_ONLY)

@@ -13,10 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from o2a_jax.dims import dims
 from o2a_jax.layers.linear import dense
 from o2a_jax.layers.norms import param
 
 
+@dims(t="B", returns="B _")
 def sinusoid(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
   """diffusers `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`: [cos | sin], f32."""
   half = dim // 2
@@ -35,6 +37,7 @@ class TimeEmbedding(nnx.Module):
     self.linear_2 = dense(dim, dim, ("embed", None), **kw)
     self.time_proj = dense(dim, 6 * dim, ("embed", None), **kw)
 
+  @dims(t="B")
   def __call__(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """t (B,) -> temb (B, D), tproj (B, 6, D), both in the compute dtype."""
     emb = sinusoid(t, self.freq_dim).astype(self.dtype)
@@ -51,6 +54,7 @@ class TextProjection(nnx.Module):
     self.linear_1 = dense(text_dim, dim, (None, "embed"), **kw)
     self.linear_2 = dense(dim, dim, ("embed", None), **kw)
 
+  @dims(x="B S _", returns="B S D")
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.linear_2(jax.nn.gelu(self.linear_1(x), approximate=True))
 
@@ -75,6 +79,7 @@ class PatchEmbed(nnx.Module):
     )
     self.bias = param((dim,), nnx.initializers.zeros, ("embed",), param_dtype)
 
+  @dims(x="B T _ _ C", returns="B T _ _ D")
   def __call__(self, x: jax.Array) -> jax.Array:
     """x (B, T, H, W, C) -> tokens (B, T, H/p, W/p, D)."""
     b, t, h, w, c = x.shape
@@ -86,6 +91,7 @@ class PatchEmbed(nnx.Module):
     return y + self.bias[...].astype(self.dtype)
 
 
+@dims(y="B L _", returns="B T H W C")
 def unpatchify(y: jax.Array, grid: tuple[int, int, int], patch: int, channels: int) -> jax.Array:
   """(B, L, p*p*C) with features ordered (ph, pw, C) -> (B, T, H*p, W*p, C)."""
   t, h, w = grid

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import jax
 
+from o2a_jax.dims import dims
 
+
+@dims(x="B T h w C", velocity="B T h w C", returns="B T h w C")
 def euler_step(x: jax.Array, velocity: jax.Array, sigma, sigma_next, *, keep: int = 0) -> jax.Array:
   """x (B, T, H, W, C) -> x + (sigma_next - sigma) * velocity; the first `keep` latent frames
   (TokenReplace's clean context) stay as they are."""
