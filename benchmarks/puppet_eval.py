@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 
 
 def main(argv=None) -> int:
+  from o2a_jax.metrics import pixels
   from o2a_jax.puppet import evaluate as E
 
   p = argparse.ArgumentParser(
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
 
   def add(cond, method, video, gt):
     d = scores.setdefault(cond, {}).setdefault(method, [])
-    d.append((E.psnr(video, gt), E.ssim(video, gt)))
+    d.append((pixels.psnr(video, gt), pixels.ssim(video, gt)))
 
   def baselines(cond, image, ref_pose, driving, gt):
     add(cond, "copy", np.broadcast_to(image, gt.shape).copy(), gt)

@@ -46,8 +46,8 @@ def main(argv=None) -> int:
 
   from o2a_jax import config_lib
   from o2a_jax.io import video as video_io
+  from o2a_jax.metrics.pixels import psnr
   from o2a_jax.puppet.evaluate import check_vae_hash
-  from o2a_jax.puppet.vae_train import psnr  # [-1, 1] floats, peak-to-peak 2
   from o2a_jax.sampling import chunk as pipeline
   from o2a_jax.train import step as step_lib
   from o2a_jax.train import trainer
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
   noise = jax.random.normal(jax.random.key(args.seed), x0.shape)
   video = np.asarray(local["video"])
   decode = lambda z: np.clip(np.asarray(vae.decode(vae.denormalize(z))), -1.0, 1.0)
-  per = lambda out: [round(psnr(out[i], video[i]), 2) for i in range(b)]
+  per = lambda out: [round(psnr(out[i], video[i], data_range=2.0), 2) for i in range(b)]
   print(f"batch of {b} clips {video.shape[1:]}; VAE round trip {per(decode(x0))} dB")
 
   def velocity(x_t, sigma, ref):

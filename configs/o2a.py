@@ -116,6 +116,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.train.remat = c.model.get_ref("remat")
   c.train.precision = c.model.get_ref("dtype")
   c.train.peak_tflops = 0.0  # per-device peak for MFU; 0 = look it up from the device kind
+  # LoRA (o2a_jax.model.lora): rank 0 = full training of the stage's set; rank >= 1 freezes the
+  # whole model and trains adapters on `targets` (attn, ffn, hrfa, pose, ref); the base stays in
+  # config.model.param_dtype (bf16 with `bf16`), or int8 with `base_int8`. Checkpoints then hold
+  # the adapters and their optimizer state only; the base comes from config.init.checkpoint.
+  c.lora = mlc.ConfigDict(dict(rank=0, alpha=0.0, targets="attn,ffn,hrfa", base_int8=False))
   # Logical-axis rules (logical name -> mesh axes) for parameters and activations.
   c.sharding = mlc.ConfigDict()
   c.sharding.rules = tuple(sharding.RULES)

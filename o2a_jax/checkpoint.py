@@ -4,6 +4,10 @@ Layout of a native checkpoint folder (written by Orbax atomically: a temporary f
 on success, with a commit marker):
   params/   the NNX Param state as a nested dict (stacked blocks keep their leading axis)
   config/   the DenoiserConfig as JSON, so the architecture is known without the weights
+int8 checkpoints (`o2a convert quantize`, `o2a_jax.model.quantize`) add:
+  quantization/  JSON: the scheme and the quantised layers (their kernels in params/ are int8)
+  quant/         the per-output-channel scales (`QuantScale`) as a nested dict
+Models with LoRA adapters are refused: merge them first (`o2a_jax.model.lora.merge`).
 
 Restoring takes the shardings from the current mesh (`jax.set_mesh`), so a checkpoint saved on
 one mesh restores onto another; without a mesh it restores onto the default device.
@@ -28,6 +32,8 @@ from flax import nnx
 
 from o2a_jax import sharding
 from o2a_jax.io.error_text import first_line
+from o2a_jax.layers.linear import LoRAParam, QuantScale
+from o2a_jax.model import quantize
 from o2a_jax.model.config import DenoiserConfig
 from o2a_jax.model.denoiser import Denoiser
 from o2a_jax.model.shapes import abstract_model
@@ -49,10 +55,28 @@ def refuse_existing(path: pathlib.Path) -> None:
 def save_native(model: Denoiser, path: str | os.PathLike) -> pathlib.Path:
   """Saves the model's parameters and config as an Orbax checkpoint folder."""
   path = pathlib.Path(path).absolute()
+  refuse_adapters(model)
   refuse_existing(path)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  save_params(path, params, model.cfg)
+  extra = {}
+  layers = quantize.quantized_paths(model)
+  if layers:
+    scales = nnx.to_pure_dict(nnx.state(model, QuantScale))
+    extra = dict(
+      quant=ocp.args.StandardSave(scales),
+      quantization=ocp.args.JsonSave({"scheme": quantize.SCHEME, "layers": layers}),
+    )
+  save_params(path, params, model.cfg, extra=extra)
   return path
+
+
+def refuse_adapters(model) -> None:
+  """Checkpoint formats store base weights only: adapters would be dropped without a word."""
+  if jax.tree.leaves(nnx.state(model, LoRAParam)):
+    raise ValueError(
+      "the model has LoRA adapters, which this format does not store: merge them into the "
+      "weights first (o2a_jax.model.lora.merge), or write the adapter file"
+    )
 
 
 _SLICE_BYTES = 64 * 2**20
@@ -100,11 +124,14 @@ def drop_pages(value: np.ndarray) -> None:
     base._mmap.madvise(mmap.MADV_DONTNEED)
 
 
-def save_params(path: pathlib.Path, params, cfg: DenoiserConfig, *, streamed: bool = False) -> None:
+def save_params(
+  path: pathlib.Path, params, cfg: DenoiserConfig, *, streamed: bool = False, extra=None
+) -> None:
   """Writes a nested parameter dict and its config as a native checkpoint folder at `path`.
 
   `streamed`: the leaves are finished disk-backed numpy buffers (`o2a convert import`),
-  written a slice at a time so that resident memory stays small.
+  written a slice at a time so that resident memory stays small. `extra`: more Orbax items
+  (name -> args), e.g. the int8 scales.
   """
   if not streamed:
     ckpt = _checkpointer()
@@ -121,7 +148,8 @@ def save_params(path: pathlib.Path, params, cfg: DenoiserConfig, *, streamed: bo
     chunked = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=_SLICE_BYTES), params)
     params_args = ocp.args.PyTreeSave(params, save_args=chunked)
   config_args = ocp.args.JsonSave(_config_json(cfg))
-  ckpt.save(path, args=ocp.args.Composite(params=params_args, config=config_args))
+  items = dict(params=params_args, config=config_args, **(extra or {}))
+  ckpt.save(path, args=ocp.args.Composite(**items))
   ckpt.close()
 
 
@@ -147,43 +175,76 @@ def _unreadable(path: pathlib.Path, part: str, e: BaseException) -> ValueError:
   )
 
 
+def read_quantization(path: str | os.PathLike) -> dict | None:
+  """The `quantization` record of an int8 native checkpoint, or None for a float one."""
+  path = pathlib.Path(path).absolute()
+  if not (path / "quantization").exists():
+    return None
+  ckpt = _checkpointer()
+  try:
+    args = ocp.args.Composite(quantization=ocp.args.JsonRestore())
+    record = dict(ckpt.restore(path, args=args)["quantization"])
+  except Exception as e:
+    raise _unreadable(path, "quantization record", e) from None
+  finally:
+    ckpt.close()
+  if record.get("scheme") != quantize.SCHEME:
+    raise ValueError(
+      f"native checkpoint {str(path)!r} uses quantization {record.get('scheme')!r}; this version "
+      f"reads {quantize.SCHEME!r}"
+    )
+  return record
+
+
 def load_native(path: str | os.PathLike, **overrides) -> Denoiser:
-  """Restores a native checkpoint onto the current mesh (or the default device).
+  """Restores a native checkpoint (float or int8) onto the current mesh (or the default device).
 
   `overrides` change DenoiserConfig fields that do not alter parameter shapes, e.g.
-  `dtype`/`param_dtype` (values are cast on restore), `attn_impl`, `remat`.
+  `dtype`/`param_dtype` (float values are cast on restore; int8 kernels stay int8),
+  `attn_impl`, `remat`.
   """
   path = pathlib.Path(path).absolute()
   cfg = read_config(path, **overrides)
-  abstract = abstract_model(cfg)
-  graphdef, state = nnx.split(abstract)
+  record = read_quantization(path)
+  if record is None:
+    graphdef, params = nnx.split(abstract_model(cfg))
+    states = dict(params=params)
+  else:
+    abstract = quantize.abstract_quantized(cfg, list(record["layers"]))
+    graphdef, params, scales = nnx.split(abstract, nnx.Param, QuantScale)
+    states = dict(params=params, quant=scales)
+  targets = {name: _restore_target(state) for name, state in states.items()}
+  ckpt = _checkpointer()
+  try:
+    args = ocp.args.Composite(**{n: ocp.args.StandardRestore(t) for n, t in targets.items()})
+    restored = ckpt.restore(path, args=args)
+  except Exception as e:
+    raise _unreadable(path, "parameters", e) from None
+  finally:
+    ckpt.close()
+  for name, state in states.items():
+    nnx.replace_by_pure_dict(state, restored[name])
+  return nnx.merge(graphdef, *states.values())
+
+
+def _restore_target(state) -> dict:
+  """ShapeDtypeStructs of an abstract state, placed on the current mesh or the default device."""
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty:
     concrete = jax.sharding.get_mesh()
     with sharding.axis_rules():
       specs = nnx.get_partition_spec(state)
-    target = jax.tree.map(
+    return jax.tree.map(
       lambda v, s: jax.ShapeDtypeStruct(
         v.shape, v.dtype, sharding=jax.sharding.NamedSharding(concrete, s)
       ),
       nnx.to_pure_dict(state),
       nnx.to_pure_dict(specs),
     )
-  else:
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-      lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev), nnx.to_pure_dict(state)
-    )
-  ckpt = _checkpointer()
-  try:
-    args = ocp.args.Composite(params=ocp.args.StandardRestore(target))
-    restored = ckpt.restore(path, args=args)
-  except Exception as e:
-    raise _unreadable(path, "parameters", e) from None
-  finally:
-    ckpt.close()
-  nnx.replace_by_pure_dict(state, restored["params"])
-  return nnx.merge(graphdef, state)
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(
+    lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev), nnx.to_pure_dict(state)
+  )
 
 
 def restore_leaf(path: str | os.PathLike, leaf: str, dtype) -> np.ndarray:

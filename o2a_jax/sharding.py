@@ -79,3 +79,20 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 def axis_rules():
   """Context manager that makes NNX resolve parameter annotations with `RULES`."""
   return nnx.logical_axis_rules(RULES)
+
+
+def place_variables(module: nnx.Module, variable_type, rules=RULES) -> None:
+  """Puts `module`'s variables of `variable_type` on the current mesh by their logical axes
+  (`out_sharding` metadata), in place; a no-op without a mesh. For variables added to a built
+  model (LoRA adapters, int8 scales)."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return
+  mesh = jax.sharding.get_mesh()
+
+  def put(v):
+    spec = logical_to_spec(v.get_metadata().get("out_sharding") or (), rules)
+    return jax.device_put(v.get_value(), jax.sharding.NamedSharding(mesh, spec))
+
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  state = nnx.state(module, variable_type)
+  nnx.update(module, jax.tree.map(put, state, is_leaf=is_var))

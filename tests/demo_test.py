@@ -18,27 +18,6 @@ def test_shipped_toy_is_found():
   assert E.MODEL_DIR.is_dir() and E.VAE_DIR.is_dir(), (E.MODEL_DIR, E.VAE_DIR)
 
 
-def test_ssim_psnr_match_definitions():
-  rng = np.random.default_rng(0)
-  a = rng.integers(0, 256, (2, 16, 20, 3), dtype=np.uint8)
-  assert E.ssim(a, a) == pytest.approx(1.0) and E.psnr(a, a) == float("inf")
-  b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
-  mse = np.mean((a.astype(float) - b) ** 2)
-  assert E.psnr(b, a) == pytest.approx(10 * np.log10(255**2 / mse))
-  # SSIM of one 7x7 window, written out from the formula (sample covariance).
-  x = (a[0, :7, :7].astype(float) @ [0.299, 0.587, 0.114]).ravel()
-  y = (b[0, :7, :7].astype(float) @ [0.299, 0.587, 0.114]).ravel()
-  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-  cxy = np.cov(x, y)
-  want = ((2 * x.mean() * y.mean() + c1) * (2 * cxy[0, 1] + c2)) / (
-    (x.mean() ** 2 + y.mean() ** 2 + c1) * (cxy[0, 0] + cxy[1, 1] + c2)
-  )
-  assert E.ssim(b[:1, :7, :7], a[:1, :7, :7]) == pytest.approx(want, rel=1e-9)
-  assert 0 < E.ssim(b, a) < 1
-  with pytest.raises(ValueError, match="uint8"):
-    E.psnr(a.astype(np.float32), a)
-
-
 def test_puppet_training_loss_falls(tmp_path):
   """A small puppet world through the official layout, `o2a data build`, the Grain pipeline and
   the jitted train step of the `puppet` config (stage 2): on one batch with the step's random

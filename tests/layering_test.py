@@ -33,6 +33,7 @@ CORE = {
   "o2a_jax.sampling",
   "o2a_jax.pose",
   "o2a_jax.checkpoint",
+  "o2a_jax.metrics",
   "o2a_jax.pipeline",  # the contract's name for the sampler's chunk call (an alias)
 }
 APPS = {

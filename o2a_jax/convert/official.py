@@ -18,8 +18,10 @@ import numpy as np
 from flax import nnx
 
 from o2a_jax import sharding
+from o2a_jax.checkpoint import refuse_adapters
 from o2a_jax.io import safetensors as sio
 from o2a_jax.model import param_names as layout
+from o2a_jax.model import quantize
 from o2a_jax.model.config import PRESETS, DenoiserConfig
 from o2a_jax.model.denoiser import Denoiser
 from o2a_jax.model.shapes import abstract_model, dtype_overrides, infer_config, param_shapes
@@ -111,6 +113,12 @@ def load_official(
 
 def _iter_official(model: Denoiser, dtype=None):
   """(entry, torch shape, np dtype, getter) for every official tensor, in official order."""
+  refuse_adapters(model)
+  if quantize.quantized_paths(model):
+    raise ValueError(
+      "the model's transformer linears are int8; the official layout stores float weights: "
+      "export the float checkpoint it was quantised from"
+    )
   cfg = model.cfg
   shapes, entries = _shapes_and_entries(model)
   params = {".".join(map(str, p)): v for p, v in nnx.state(model, nnx.Param).flat_state()}

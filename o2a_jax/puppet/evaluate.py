@@ -2,11 +2,8 @@
 
 Dims: F pixel frames, H/W height/width, T latent frames, h/w latent height/width.
 
-- Metrics on uint8 RGB videos (F,H,W,3) against the exact ground truth: `psnr` (one MSE over all
-  pixels and frames of a video, peak 255) and `ssim` (the scikit-image default: grayscale by the
-  ITU-R 601 luma weights, a 7x7 uniform window, K1 = 0.01, K2 = 0.03, data range 255, sample
-  covariances (x 49/48), the mean of the SSIM map over the window-valid region (skimage crops the
-  3-pixel border), averaged over frames), written in NumPy.
+- Metrics: `o2a_jax.metrics.pixels` (`psnr`, `ssim` on uint8 videos against the exact ground
+  truth).
 - `load_puppet_models`: the shipped puppet denoiser (`assets/puppet_model`) and the puppet VAE
   (`assets/puppet_vae`). The denoiser only works in the latent space it was trained in, so the
   model folder records the sha256 of the VAE weights (`vae_sha256.txt`) and loading checks it.
@@ -29,55 +26,6 @@ MODEL_DIR = REPO / "assets" / "puppet_model"
 VAE_DIR = REPO / "assets" / "puppet_vae"  # the VAE whose latent space the denoiser learned
 VAE_HASH_FILE = "vae_sha256.txt"  # in the model folder: sha256 of the VAE weights it was trained on
 TEXT_LEN = 7  # the `puppet` config's empty-prompt embedding: zeros of (7, text_dim)
-
-
-# --- metrics -------------------------------------------------------------------------------------
-
-
-def _check_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
-  a, b = np.asarray(a), np.asarray(b)
-  if a.shape != b.shape or a.dtype != np.uint8 or b.dtype != np.uint8 or a.shape[-1] != 3:
-    raise ValueError(
-      f"metrics take two uint8 (..., H, W, 3) arrays of one shape, got {a.dtype}{a.shape} and "
-      f"{b.dtype}{b.shape}"
-    )
-  return a, b
-
-
-def psnr(a, b) -> float:
-  """PSNR in dB of uint8 `a` against `b` (one MSE over everything, peak 255)."""
-  a, b = _check_pair(a, b)
-  mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-  return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
-
-
-def _gray(x: np.ndarray) -> np.ndarray:
-  return x.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-
-
-def _box7(x: np.ndarray) -> np.ndarray:
-  """Mean over 7x7 windows, valid positions only: (..., H, W) -> (..., H-6, W-6)."""
-  k = 7
-  c = np.cumsum(np.cumsum(x, axis=-1), axis=-2)
-  c = np.pad(c, [(0, 0)] * (x.ndim - 2) + [(1, 0), (1, 0)])
-  s = c[..., k:, k:] - c[..., :-k, k:] - c[..., k:, :-k] + c[..., :-k, :-k]
-  return s / (k * k)
-
-
-def ssim(a, b) -> float:
-  """Mean SSIM of uint8 RGB `a` against `b` (skimage defaults on grayscale, see the docstring)."""
-  a, b = _check_pair(a, b)
-  x, y = _gray(a), _gray(b)
-  if x.shape[-1] < 7 or x.shape[-2] < 7:
-    raise ValueError(f"ssim needs frames of at least 7x7 pixels, got {x.shape[-2:]}")
-  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-  cov = 49.0 / 48.0
-  ux, uy = _box7(x), _box7(y)
-  vx = cov * (_box7(x * x) - ux * ux)
-  vy = cov * (_box7(y * y) - uy * uy)
-  vxy = cov * (_box7(x * y) - ux * uy)
-  s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-  return float(np.mean(s.reshape(-1, *s.shape[-2:]).mean(axis=(-2, -1))))
 
 
 # --- models --------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from o2a_jax.metrics.pixels import psnr
 from o2a_jax.vae.model import VAEConfig, WanVAE
 
 
@@ -326,12 +327,6 @@ def clip_batches(
     yield np.stack(out).astype(np.float32) / 127.5 - 1.0
 
 
-def psnr(a, b) -> float:
-  """PSNR in dB of [-1,1] images (peak-to-peak 2)."""
-  mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-  return float(10 * np.log10(4.0 / max(mse, 1e-12)))
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _encode_mean(graphdef, state, video):
   return posterior(nnx.merge(graphdef, state), video)[0]
@@ -361,7 +356,7 @@ def reconstruction_psnr(vae: WanVAE, clips: list[np.ndarray]) -> float:
   for c in clips:
     x = c[None].astype(np.float32) / 127.5 - 1.0
     y = np.asarray(reconstruct(vae, x))
-    scores.append(psnr(y, x[:, : y.shape[1]]))
+    scores.append(psnr(y, x[:, : y.shape[1]], data_range=2.0))  # [-1, 1] pixels
   return float(np.mean(scores))
 
 

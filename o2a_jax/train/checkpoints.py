@@ -6,6 +6,8 @@ renames it when complete, so a half-written step is never listed nor restored):
             as a nested dict keyed by the pytree path, PRNG keys stored as their key data
   data/     the data iterator state, one `process_<i>-of-<n>.json` per process (Grain's handler)
   config/   the run config as JSON (for reading a run back; restore never depends on it)
+A manager built with `skip` leaves those TrainState fields out (LoRA runs: the frozen base, the
+VAE and the text embedding) and restores them from the template.
 
 Restoring takes a template state whose leaves carry the target shardings (built on the current
 mesh), so a checkpoint written on one mesh shape restores onto another: each process reads only
@@ -108,7 +110,16 @@ def _set_iterator_state(iterator, raw: bytes) -> None:
 class Checkpoints:
   """`workdir/checkpoints`: keep the last `keep` steps; saves are asynchronous by default."""
 
-  def __init__(self, directory: str | os.PathLike, *, keep: int = 2, async_save: bool = True):
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    keep: int = 2,
+    async_save: bool = True,
+    skip: tuple[str, ...] = (),
+  ):
+    """`skip`: top-level TrainState fields not written (restore takes them from the template)."""
+    self.skip = tuple(skip)
     if keep < 1:
       raise ValueError(f"train.keep_checkpoints must be >= 1, got {keep}")
     self.directory = pathlib.Path(directory).absolute()
@@ -135,6 +146,8 @@ class Checkpoints:
     """Starts saving `state` and the iterator position at `step`; returns once arrays are
     copied off the devices (the writes continue in the background)."""
     nested, _ = _nested(state)
+    for name in self.skip:
+      nested.pop(name, None)
     items = dict(
       state=ocp.args.StandardSave(nested),
       data=grain.checkpoint.CheckpointSave(_StateSnapshot(data_iterator.get_state())),
@@ -154,6 +167,8 @@ class Checkpoints:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     leaves, treedef = jax.tree_util.tree_flatten(template)
     nested_target, paths = _nested(jax.tree.unflatten(treedef, [_abstract(x) for x in leaves]))
+    for name in self.skip:
+      nested_target.pop(name, None)
     items = dict(state=ocp.args.StandardRestore(nested_target))
     receiver = _StateReceiver()
     if data_iterator is not None:
@@ -161,6 +176,9 @@ class Checkpoints:
     restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
     out = []
     for names, leaf in zip(paths, leaves, strict=True):
+      if names[0] in self.skip:  # not stored: the template's value
+        out.append(leaf)
+        continue
       node = restored["state"]
       for n in names:
         node = node[n]

@@ -42,6 +42,7 @@ from flax import nnx
 
 from data_pipeline.batch import check_batch
 from o2a_jax import config_lib, sharding
+from o2a_jax.model import lora as lora_lib
 from o2a_jax.model.config import DenoiserConfig
 from o2a_jax.model.denoiser import TOKEN_REPLACE_FRAMES
 from o2a_jax.train import loss as L
@@ -130,7 +131,7 @@ class StepConfig:
   (`step_config`); the ConfigDict stops there."""
 
   stage: int
-  trainable: str
+  trainable: str  # "official" | "all" | "lora" (adapters only; set by config.lora.rank >= 1)
   loss: LossConfig
   optim: optim.OptimConfig
 
@@ -139,12 +140,26 @@ def step_config(config: mlc.ConfigDict) -> StepConfig:
   """The typed `StepConfig` of a run config (`stage`, `loss`, `optim`, `train.trainable`)."""
   stage = trainable.check_stage(config.stage)
   which = config.train.get("trainable", "official") if "train" in config else "official"
+  if lora_config(config).enabled:
+    if which != "official":
+      raise ValueError(
+        f"config.lora.rank >= 1 trains only the adapters; config.train.trainable={which!r} "
+        "would also train base weights: leave it at 'official' or set config.lora.rank=0"
+      )
+    which = "lora"
   return StepConfig(
     stage=stage,
     trainable=which,
     loss=config_lib.from_section(LossConfig, config.get("loss"), "loss"),
     optim=config_lib.from_section(optim.OptimConfig, config.get("optim"), "optim"),
   )
+
+
+def lora_config(config: mlc.ConfigDict) -> lora_lib.LoRAConfig:
+  """The typed `config.lora` section (rank 0, no adapters, when the config has none)."""
+  if "lora" not in config:
+    return lora_lib.LoRAConfig()
+  return config_lib.from_section(lora_lib.LoRAConfig, config.lora, "lora")
 
 
 def default_loss_config(stage: int = 2) -> mlc.ConfigDict:

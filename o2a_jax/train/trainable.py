@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from o2a_jax.layers.linear import LoRAParam
 from o2a_jax.model import param_names as layout
 
 # `--training_modules` of the shell scripts plus the modules the trainers add whole.
@@ -90,19 +91,24 @@ def count(model: nnx.Module, stage: int) -> tuple[int, int]:
   return n_train, n_all
 
 
-SETS = ("official", "all")
+SETS = ("official", "all", "lora")
 
 
 def split_params(model: nnx.Module, stage: int, which: str = "official"):
   """(graphdef, trainable State, frozen State) of `model`: every variable is in exactly one.
 
-  `which`: `official` (the stage's set, official three training stages) or `all` (every parameter: a
+  `which`: `official` (the stage's set, official three training stages), `all` (every parameter: a
   model without a pretrained backbone, such as the puppet toy, whose first stage stands in for the
-  base model's pretraining).
+  base model's pretraining) or `lora` (only the LoRA adapters attached to the model).
   """
   if which == "all":
     check_stage(stage)
     return nnx.split(model, nnx.Param, ...)
+  if which == "lora":
+    check_stage(stage)
+    if not jax.tree.leaves(nnx.state(model, LoRAParam)):
+      raise ValueError("trainable set 'lora' but the model has no adapters (config.lora.rank)")
+    return nnx.split(model, LoRAParam, ...)
   if which != "official":
     raise ValueError(f"config.train.trainable {which!r} is not one of {SETS}")
   return nnx.split(model, trainable_filter(model, stage), ...)

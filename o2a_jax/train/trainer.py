@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from data_pipeline.batch import check_batch
 from o2a_jax import config_lib, sharding
+from o2a_jax.model import lora, quantize
 from o2a_jax.sampling.guidance import Guidance
 from o2a_jax.text.embeddings_file import read_embeddings
 from o2a_jax.train import checkpoints as ckpt_lib
@@ -291,6 +292,13 @@ def global_batch(local: dict, sharding_: NamedSharding) -> dict:
   }
 
 
+def checkpoint_skip(config: mlc.ConfigDict) -> tuple[str, ...]:
+  """TrainState fields a run's checkpoints leave out: a LoRA run stores its adapters, their
+  optimizer state and EMA, not the frozen base (rebuilt from config.init.checkpoint), the VAE or
+  the text embedding."""
+  return ("frozen", "vae", "text") if step_lib.lora_config(config).enabled else ()
+
+
 @dataclasses.dataclass
 class Setup:
   """The pieces of a run, built once (exposed for tests and the benchmark)."""
@@ -309,6 +317,15 @@ def setup(config: mlc.ConfigDict, *, mesh: jax.sharding.Mesh | None = None) -> S
   check_context_parallel(config, mesh)
   with jax.set_mesh(mesh):
     model = build_model(config, attn_impl=attention_impl(config, mesh))
+    adapters = step_lib.lora_config(config)
+    if adapters.enabled:
+      if adapters.base_int8:
+        quantize.quantize(model)
+      paths = adapters.attach(model, seed=config.seed)
+      log.info(
+        "LoRA rank %d on %d layers: %d adapter parameters train, the base is frozen%s",
+        adapters.rank, len(paths), lora.count(model), " (int8)" if adapters.base_int8 else "",
+      )  # fmt: skip
     vae = build_vae(config)
     graphs, state = step_lib.init_train_state(
       model, vae, step_config, seed=config.seed, text_embeds=text_embeds(config)
@@ -414,7 +431,10 @@ def train(
 
   data = data_iterator(config)
   ckpts = ckpt_lib.Checkpoints(
-    workdir / "checkpoints", keep=tcfg.keep_checkpoints, async_save=tcfg.async_checkpoint
+    workdir / "checkpoints",
+    keep=tcfg.keep_checkpoints,
+    async_save=tcfg.async_checkpoint,
+    skip=checkpoint_skip(config),
   )
   writer = metrics_lib.Writer(workdir / "tb", enabled=primary)
   latest = ckpts.latest_step()

@@ -1,0 +1,102 @@
+"""Weight-only int8 (`o2a_jax.model.quantize`): the quantised layers, their storage, the error
+against float32, and native checkpoints that keep them int8."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from o2a_jax.checkpoint import load_native, read_quantization, save_native
+from o2a_jax.convert import load_official, save_official
+from o2a_jax.layers.linear import QuantScale
+from o2a_jax.model import build_denoiser, lora, quantize
+from o2a_jax.model.config import preset
+
+
+def _args(text_dim=16, b=1, t=2, h=4, w=6):
+  k = jax.random.split(jax.random.key(1), 6)
+  return (
+    jax.random.normal(k[0], (b, t, h, w, 16)),
+    jnp.full((b,), 700.0),
+    jax.random.normal(k[1], (b, 3, text_dim)),
+    jax.random.normal(k[2], (b, 1, h, w, 32)),
+    jax.random.uniform(k[3], (b, 4 * t - 3, 8 * h, 8 * w, 3), minval=-1, maxval=1),
+    jax.random.uniform(k[4], (b, 1, 8 * h, 8 * w, 3), minval=-1, maxval=1),
+  )
+
+
+def _run(model, args):
+  return np.asarray(jax.jit(lambda m, *a: m(*a, token_replace=True))(model, *args), np.float64)
+
+
+def _rel(a, b):
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_int8_codes_and_scales_are_per_output_channel():
+  model = build_denoiser(preset("tiny"))
+  layer = model.blocks.attn1.to_q
+  w = np.asarray(layer.kernel.get_value(), np.float64)
+  quantize.quantize(model)
+  q = np.asarray(layer.kernel.get_value())
+  s = np.asarray(layer.kernel_scale.get_value(), np.float64)
+  assert q.dtype == np.int8 and q.shape == w.shape and s.shape == (w.shape[0], w.shape[2])
+  assert np.abs(q).max() == 127 and q.min() >= -127
+  np.testing.assert_allclose(s, np.abs(w).max(axis=1) / 127, rtol=1e-6)
+  # Rounding to the nearest code: at most half a step off, per output channel.
+  assert np.all(np.abs(q * s[:, None, :] - w) <= 0.5 * s[:, None, :] * (1 + 1e-5))
+  # Only the transformer blocks' linears; embedders, pose outputs and the head stay float.
+  paths = quantize.quantized_paths(model)
+  assert "blocks.ffn_in" in paths and "refextractor.blocks.attn1.to_v" in paths
+  assert not any(p.startswith(("proj_out", "pose_zero", "time_embedder")) for p in paths)
+
+
+def test_int8_output_error_on_the_golden_tiny_model(fixtures_dir):
+  args = _args()
+  model = load_official(fixtures_dir / "model_tiny")
+  ref = _run(model, args)
+  quantize.quantize(model)
+  err = _rel(_run(model, args), ref)
+  assert 0 < err < 0.02, err
+
+
+def test_int8_native_checkpoint_round_trip(tmp_path):
+  model = build_denoiser(preset("tiny"))
+  quantize.quantize(model)
+  args = _args()
+  want = _run(model, args)
+  save_native(model, tmp_path / "q8")
+  record = read_quantization(tmp_path / "q8")
+  assert record["scheme"] == quantize.SCHEME and record["layers"] == quantize.quantized_paths(model)
+  back = load_native(tmp_path / "q8")
+  assert back.blocks.attn1.to_q.kernel.get_value().dtype == jnp.int8
+  np.testing.assert_array_equal(_run(back, args), want)
+  assert read_quantization(tmp_path / "q8") is not None
+  scales = jax.tree.leaves(nnx.state(back, QuantScale))
+  assert scales and all(s.dtype == jnp.float32 for s in scales)
+  # Storage: each quantised float32 kernel becomes 1 byte per weight plus 4 per output channel.
+  float_model = build_denoiser(preset("tiny"))
+  layers = quantize.dense_layers(float_model)
+  saved = 0
+  for p in quantize.quantized_paths(back):
+    k = layers[p].kernel.get_value()
+    saved += 3 * k.size - 4 * (k.size // k.shape[-2])
+  assert quantize.weight_bytes(back) == quantize.weight_bytes(float_model) - saved
+
+
+def test_formats_refuse_what_they_cannot_store(tmp_path):
+  model = build_denoiser(preset("tiny"))
+  lora.attach(model, rank=2, targets="attn")
+  with pytest.raises(ValueError, match="LoRA adapters"):
+    save_native(model, tmp_path / "a")
+  with pytest.raises(ValueError, match="LoRA adapters"):
+    save_official(model, tmp_path / "b")
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+  q = build_denoiser(preset("tiny"))
+  quantize.quantize(q)
+  with pytest.raises(ValueError, match="int8"):
+    save_official(q, tmp_path / "c")
+  assert not (tmp_path / "c").exists()
