@@ -53,6 +53,9 @@ def main(argv=None) -> int:
   p.add_argument("--vae", default=str(E.VAE_DIR))
   p.add_argument("--no-ablations", action="store_true")
   p.add_argument(
+    "--int8", action="store_true", help="the denoiser's transformer linears as int8 (weight-only)"
+  )
+  p.add_argument(
     "--reference-background", choices=("same", "new"), default="same",
     help="misaligned references in front of the clip's scene (same, default) or of an "
     "independent background (new: the figures recorded before this option)",
@@ -65,6 +68,10 @@ def main(argv=None) -> int:
 
   t_all = time.perf_counter()
   model, vae = E.load_puppet_models(args.model, args.vae)
+  if args.int8:
+    from o2a_jax.model import quantize
+
+    print(f"int8: {len(quantize.quantize(model))} stacked linear groups quantised")
   scores: dict[str, dict[str, list]] = {}
 
   def add(cond, method, video, gt):

@@ -227,7 +227,7 @@ def main(argv=None):
     for r in results.get(side, {}).values():
       r.pop("out", None)
   if args.json:
-    from o2a_jax.io.safetensors import atomic_path
+    from o2a_jax.io.atomic import atomic_path
 
     with atomic_path(args.json) as tmp:
       tmp.write_text(json.dumps(results, indent=1, default=str))

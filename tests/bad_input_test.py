@@ -227,7 +227,7 @@ def test_outputs_get_the_umask_mode_not_0600(tmp_path):
   """Atomic writes go through mkstemp/mkdtemp (0600/0700); the published file must have the
   mode a plain write would (0644 / 0755 under umask 022)."""
   from data_pipeline.records import write_bytes_atomic
-  from o2a_jax.io.safetensors import atomic_path
+  from o2a_jax.io.atomic import atomic_path
   from o2a_jax.io.video import write_video
 
   old = os.umask(0o022)

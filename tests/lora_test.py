@@ -29,8 +29,12 @@ def args():
   )
 
 
+# One jitted forward for the module: models of one structure share its compiled program.
+_FORWARD = jax.jit(lambda m, *a: m(*a, token_replace=True))
+
+
 def _run(model, args):
-  return np.asarray(jax.jit(lambda m, *a: m(*a, token_replace=True))(model, *args))
+  return np.asarray(_FORWARD(model, *args))
 
 
 def _train_b(model, seed=3, std=0.02):

@@ -28,8 +28,12 @@ def _args(text_dim=16, b=1, t=2, h=4, w=6):
   )
 
 
+# One jitted forward for the module: models of one structure share its compiled program.
+_FORWARD = jax.jit(lambda m, *a: m(*a, token_replace=True))
+
+
 def _run(model, args):
-  return np.asarray(jax.jit(lambda m, *a: m(*a, token_replace=True))(model, *args), np.float64)
+  return np.asarray(_FORWARD(model, *args), np.float64)
 
 
 def _rel(a, b):

@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from o2a_jax.io.atomic import atomic_path
 from o2a_jax.io.json_files import read_json
 from o2a_jax.io.safetensors import (
   CheckpointError,
   TensorSource,
-  atomic_path,
   check_keys,
   write_file,
 )

@@ -1,5 +1,6 @@
-"""Reading the JSON files users hand us (VAE and tokenizer configs, metadata), with errors that
-name the file and say what it should be, instead of a bare `JSONDecodeError` at line 1."""
+"""JSON files: reading the ones users hand us (VAE and tokenizer configs, metadata) with errors
+that name the file and say what it should be, instead of a bare `JSONDecodeError` at line 1; and
+writing ours atomically."""
 
 from __future__ import annotations
 
@@ -18,3 +19,13 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
   if not isinstance(value, dict):
     raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected {what} (an object)")
   return value
+
+
+def write_json(path: str | os.PathLike, value) -> pathlib.Path:
+  """Writes `value` as indented JSON to `path` atomically (never half-written)."""
+  from o2a_jax.io.atomic import atomic_path
+
+  path = pathlib.Path(path)
+  with atomic_path(path) as tmp:
+    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+  return path
