@@ -1,11 +1,11 @@
-"""Output error of weight-only int8 (`o2a_jax.model.quantize`) against the float model.
+"""Output error of weight-only int8 and fp8 (`o2a_jax.model.quantize`) against the float model.
 
 Two models, one denoiser forward each on fixed random inputs (2 latent frames of 4x6 plus the
 reference prefix, t = 700, TokenReplace on):
 - the golden tiny model (shared/golden/model_tiny, the official code's weights), float32;
 - a reduced model of the 14B's width (D 5120, 40 heads, FFN 13824) with random weights and 2 main,
   1 extractor and 1 pose block, in bfloat16 storage and compute.
-For each: the relative error ||int8 - ref|| / ||ref|| with ref the float model in the same
+For each format: the relative error ||q - ref|| / ||ref|| with ref the float model in the same
 compute dtype, beside the error of bf16 against float32 for scale, and the weight bytes.
 
   python benchmarks/int8_report.py [--json benchmarks/results/X.json]
@@ -60,17 +60,17 @@ def golden_tiny() -> dict:
   f32 = load_official(path)
   args = _inputs(f32.cfg.text_dim)
   ref = _run(f32, args)
-  bf16 = _run(load_official(path, dtype=jnp.bfloat16), args)
-  before = quantize.weight_bytes(f32)
-  quantize.quantize(f32)
-  q = _run(f32, args)
-  return {
+  out = {
     "model": "golden tiny (official weights), float32 compute",
-    "int8_vs_float32_rel": _rel(q, ref),
-    "bf16_vs_float32_rel": _rel(bf16, ref),
-    "weight_bytes_float32": before,
-    "weight_bytes_int8": quantize.weight_bytes(f32),
+    "bf16_vs_float32_rel": _rel(_run(load_official(path, dtype=jnp.bfloat16), args), ref),
+    "weight_bytes_float32": quantize.weight_bytes(f32),
   }
+  for fmt in ("int8", "fp8"):
+    model = load_official(path)
+    quantize.quantize(model, fmt=fmt)
+    out[f"{fmt}_vs_float32_rel"] = _rel(_run(model, args), ref)
+    out[f"weight_bytes_{fmt}"] = quantize.weight_bytes(model)
+  return out
 
 
 def reduced_14b() -> dict:
@@ -78,19 +78,20 @@ def reduced_14b() -> dict:
     "14b", num_layers=2, ref_layers=1, pose_layers=1, dtype="bfloat16", param_dtype="bfloat16"
   )
   t0 = time.perf_counter()
-  model = build_denoiser(cfg, seed=0)
   args = _inputs(cfg.text_dim)
-  ref = _run(model, args)
-  before = quantize.weight_bytes(model)
-  quantize.quantize(model)
-  q = _run(model, args)
-  return {
+  ref = _run(build_denoiser(cfg, seed=0), args)
+  out = {
     "model": "14B width (D 5120, 40 heads, FFN 13824), 2+1+1 blocks, random weights, bf16",
-    "int8_vs_bf16_rel": _rel(q, ref),
-    "weight_bytes_bf16": before,
-    "weight_bytes_int8": quantize.weight_bytes(model),
-    "seconds": time.perf_counter() - t0,
+    "weight_bytes_bf16": quantize.weight_bytes(build_denoiser(cfg, seed=0)),
   }
+  for fmt in ("int8", "fp8"):
+    model = build_denoiser(cfg, seed=0)
+    quantize.quantize(model, fmt=fmt)
+    out[f"{fmt}_vs_bf16_rel"] = _rel(_run(model, args), ref)
+    out[f"weight_bytes_{fmt}"] = quantize.weight_bytes(model)
+    del model
+  out["seconds"] = time.perf_counter() - t0
+  return out
 
 
 def main(argv=None) -> int:

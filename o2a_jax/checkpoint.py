@@ -4,8 +4,8 @@ Layout of a native checkpoint folder (written by Orbax atomically: a temporary f
 on success, with a commit marker):
   params/   the NNX Param state as a nested dict (stacked blocks keep their leading axis)
   config/   the DenoiserConfig as JSON, so the architecture is known without the weights
-int8 checkpoints (`o2a convert quantize`, `o2a_jax.model.quantize`) add:
-  quantization/  JSON: the scheme and the quantised layers (their kernels in params/ are int8)
+int8 / fp8 checkpoints (`o2a convert quantize`, `o2a_jax.model.quantize`) add:
+  quantization/  JSON: the scheme and the quantised layers (their kernels in params/ are codes)
   quant/         the per-output-channel scales (`QuantScale`) as a nested dict
 Models with LoRA adapters are refused: merge them first (`o2a_jax.model.lora.merge`).
 
@@ -64,7 +64,9 @@ def save_native(model: Denoiser, path: str | os.PathLike) -> pathlib.Path:
     scales = nnx.to_pure_dict(nnx.state(model, QuantScale))
     extra = dict(
       quant=ocp.args.StandardSave(scales),
-      quantization=ocp.args.JsonSave({"scheme": quantize.SCHEME, "layers": layers}),
+      quantization=ocp.args.JsonSave(
+        {"scheme": quantize.SCHEMES[quantize.quantized_format(model)], "layers": layers}
+      ),
     )
   save_params(path, params, model.cfg, extra=extra)
   return path
@@ -176,7 +178,8 @@ def _unreadable(path: pathlib.Path, part: str, e: BaseException) -> ValueError:
 
 
 def read_quantization(path: str | os.PathLike) -> dict | None:
-  """The `quantization` record of an int8 native checkpoint, or None for a float one."""
+  """The `quantization` record (scheme, layers, format) of a quantised native checkpoint, or
+  None for a float one."""
   path = pathlib.Path(path).absolute()
   if not (path / "quantization").exists():
     return None
@@ -188,19 +191,21 @@ def read_quantization(path: str | os.PathLike) -> dict | None:
     raise _unreadable(path, "quantization record", e) from None
   finally:
     ckpt.close()
-  if record.get("scheme") != quantize.SCHEME:
+  formats = {scheme: fmt for fmt, scheme in quantize.SCHEMES.items()}
+  if record.get("scheme") not in formats:
     raise ValueError(
       f"native checkpoint {str(path)!r} uses quantization {record.get('scheme')!r}; this version "
-      f"reads {quantize.SCHEME!r}"
+      f"reads {sorted(formats)}"
     )
-  return record
+  return dict(record, format=formats[record["scheme"]])
 
 
 def load_native(path: str | os.PathLike, **overrides) -> Denoiser:
-  """Restores a native checkpoint (float or int8) onto the current mesh (or the default device).
+  """Restores a native checkpoint (float, int8 or fp8) onto the current mesh (or the default
+  device).
 
   `overrides` change DenoiserConfig fields that do not alter parameter shapes, e.g.
-  `dtype`/`param_dtype` (float values are cast on restore; int8 kernels stay int8),
+  `dtype`/`param_dtype` (float values are cast on restore; int8/fp8 codes stay as stored),
   `attn_impl`, `remat`.
   """
   path = pathlib.Path(path).absolute()
@@ -210,7 +215,7 @@ def load_native(path: str | os.PathLike, **overrides) -> Denoiser:
     graphdef, params = nnx.split(abstract_model(cfg))
     states = dict(params=params)
   else:
-    abstract = quantize.abstract_quantized(cfg, list(record["layers"]))
+    abstract = quantize.abstract_quantized(cfg, list(record["layers"]), record["format"])
     graphdef, params, scales = nnx.split(abstract, nnx.Param, QuantScale)
     states = dict(params=params, quant=scales)
   targets = {name: _restore_target(state) for name, state in states.items()}

@@ -308,3 +308,19 @@ def test_library_values_check_themselves(files):
     pose_sources.PoseModels().estimator("a driving video")
   frames = pose_sources.render_file(d / "drv.json", start=4, count=2, progress=False)
   assert frames.shape == (2, 32, 32, 3) and frames.dtype == np.uint8 and frames.any()
+
+
+def test_transfer_with_an_int8_checkpoint(files, fixtures_dir, tmp_path, capsys):
+  """`o2a convert quantize` then `o2a transfer --checkpoint` on the int8 native checkpoint."""
+  d, common = files
+  q8 = tmp_path / "q8"
+  assert (
+    cli.main(["convert", "quantize", str(fixtures_dir / "model_tiny"), str(q8), "--dtype", "fp32"])
+    == 0
+  )
+  assert "int8 linears" in capsys.readouterr().out
+  argv = [a if a != str(fixtures_dir / "model_tiny") else str(q8) for a in common]
+  out = tmp_path / "t.png"
+  assert cli.main(["transfer", *argv, "--pose", str(d / "drv.json"), "--out", str(out)]) == 0
+  img, _ = read_video(out)
+  assert img.shape == (1, 32, 32, 3) and img.std() > 0

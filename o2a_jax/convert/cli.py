@@ -93,11 +93,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
   q = csub.add_parser(
     "quantize",
-    help="checkpoint -> native checkpoint with int8 transformer linears (weight-only)",
+    help="checkpoint -> native checkpoint with int8 (or fp8) transformer linears (weight-only)",
     description="Loads a native or official checkpoint and stores the linears of its transformer "
-    "blocks as int8 with one float32 scale per output channel (symmetric, max|W|/127); the rest "
-    "stays in its dtype. `o2a animate --checkpoint DST` loads it; the matmuls convert the int8 "
-    "weights inside the jitted computation.",
+    "blocks as int8 codes (or fp8 e4m3 values) with one float32 scale per output channel "
+    "(symmetric, max|W|/127, or /448 for fp8); the rest stays in its dtype. `o2a animate "
+    "--checkpoint DST` loads it; the matmuls convert the codes inside the jitted computation.",
   )
   q.add_argument("src", help="native checkpoint folder, or official safetensors folder/file")
   q.add_argument("dst", help="native checkpoint folder to create (must not exist)")
@@ -106,6 +106,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     choices=sorted(_DTYPES),
     default="bf16",
     help="dtype of the parameters that stay float (default bf16)",
+  )
+  q.add_argument(
+    "--format", choices=("int8", "fp8"), default="int8", help="code format (default int8)"
   )
   q.set_defaults(func=_quantize)
 
@@ -207,11 +210,11 @@ def _quantize(args) -> int:
   t0 = time.perf_counter()
   model = load_denoiser(args.src, dtype=_DTYPES[args.dtype])
   before = quantize.weight_bytes(model)
-  paths = quantize.quantize(model)
+  paths = quantize.quantize(model, fmt=args.format)
   save_native(model, args.dst)
   after = quantize.weight_bytes(model)
   print(
-    f"wrote {args.dst}: {len(paths)} int8 linears, weights {before / 2**30:.3f} -> "
+    f"wrote {args.dst}: {len(paths)} {args.format} linears, weights {before / 2**30:.3f} -> "
     f"{after / 2**30:.3f} GiB ({time.perf_counter() - t0:.1f} s)"
   )
   return 0

@@ -116,8 +116,8 @@ def _iter_official(model: Denoiser, dtype=None):
   refuse_adapters(model)
   if quantize.quantized_paths(model):
     raise ValueError(
-      "the model's transformer linears are int8; the official layout stores float weights: "
-      "export the float checkpoint it was quantised from"
+      f"the model's transformer linears are {quantize.quantized_format(model)}; the official "
+      "layout stores float weights: export the float checkpoint it was quantised from"
     )
   cfg = model.cfg
   shapes, entries = _shapes_and_entries(model)

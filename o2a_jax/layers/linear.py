@@ -1,5 +1,5 @@
 """Dense layers with logical sharding annotations and the official init choices, optionally with
-low-rank adapters (LoRA) and weight-only int8 storage.
+low-rank adapters (LoRA) and weight-only int8 or fp8 storage.
 
 A `Dense` is an `nnx.Linear` (kernel (in, out), bias (out,)); its parameter paths and values are
 the same with or without the two options, so the official key table, conversion and the parity
@@ -7,8 +7,9 @@ fixtures see one layer. The options add variables of their own types, which are 
 
 - `add_adapter(rank, scale, key)`: `lora_a` (in, r) and `lora_b` (r, out) (`LoRAParam`, B zero at
   first, so an adapted layer starts exactly as the base); y = x W + b + scale · (x A) B.
-- `quantize()`: the kernel becomes int8 with a per-output-channel symmetric scale
-  (`QuantScale` (out,)): y = (x q) · s + b, the int8 kernel converted inside the jitted matmul.
+- `quantize(fmt)`: the kernel becomes int8 (or fp8 e4m3) codes with a per-output-channel symmetric
+  scale (`QuantScale` (out,)): y = (x q) · s + b, the codes converted inside the jitted matmul
+  (exactly: int8 and e4m3 values are representable in bf16 and f32).
 
 Stacked layers (a leading `layers` axis, see `o2a_jax.model.stack`) get stacked adapters and
 scales, which the layer scan slices like every other variable.
@@ -24,7 +25,9 @@ from flax import nnx
 # variance 1/(3 fan_in). Used for layers trained from scratch (HRFA projections, pose blocks).
 torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
-INT8_MAX = 127  # symmetric: -127..127 (the -128 code is never used, so negation is exact)
+# Code dtype and largest code of each storage format; symmetric, so int8 never uses -128 and
+# negation stays exact. fp8 is e4m3 (max 448), the weight format of fp8 hardware.
+FORMATS = {"int8": (jnp.int8, 127.0), "fp8": (jnp.float8_e4m3fn, 448.0)}
 
 
 class LoRAParam(nnx.Variable):
@@ -34,7 +37,7 @@ class LoRAParam(nnx.Variable):
 
 
 class QuantScale(nnx.Variable):
-  """Per-output-channel scales of an int8 kernel (weight-only quantisation)."""
+  """Per-output-channel scales of an int8 or fp8 kernel (weight-only quantisation)."""
 
 
 def _names(variable: nnx.Variable):
@@ -42,7 +45,8 @@ def _names(variable: nnx.Variable):
 
 
 class Dense(nnx.Linear):
-  """`nnx.Linear` with optional low-rank adapters and int8 kernel storage (module docstring)."""
+  """`nnx.Linear` with optional low-rank adapters and int8/fp8 kernel storage (module
+  docstring)."""
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
@@ -55,6 +59,14 @@ class Dense(nnx.Linear):
   @property
   def quantized(self) -> bool:
     return self.kernel_scale is not None
+
+  @property
+  def quant_format(self) -> str | None:
+    """ "int8", "fp8" or None (float kernel)."""
+    if not self.quantized:
+      return None
+    dtype = jnp.dtype(self.kernel.get_value().dtype)
+    return next(f for f, (dt, _) in FORMATS.items() if jnp.dtype(dt) == dtype)
 
   @property
   def adapter_rank(self) -> int:
@@ -89,21 +101,28 @@ class Dense(nnx.Linear):
   def merge_adapter(self) -> None:
     """Folds the adapter into the kernel (in the kernel's dtype) and removes it."""
     if self.quantized:
-      raise ValueError("cannot merge an adapter into an int8 kernel; merge before quantizing")
+      raise ValueError("cannot merge an adapter into a quantised kernel; merge before quantizing")
     kernel = self.kernel.get_value()
     merged = kernel.astype(jnp.float32) + self.adapter_delta()
     self.kernel.set_value(merged.astype(kernel.dtype))
     self.lora_a = self.lora_b = None
     self.lora_scale = 0.0
 
-  def quantize(self) -> None:
-    """Stores the kernel as int8 with per-output-channel scales max|W| / 127."""
+  def quantize(self, fmt: str = "int8") -> None:
+    """Stores the kernel as `fmt` codes ("int8" or "fp8") with per-output-channel scales
+    max|W| / (largest code): round to nearest (int8) or to the nearest e4m3 value (fp8)."""
+    if fmt not in FORMATS:
+      raise ValueError(f"quantisation format {fmt!r} is not one of {sorted(FORMATS)}")
     if self.quantized:
+      if self.quant_format != fmt:
+        raise ValueError(f"this layer is already {self.quant_format}, not {fmt}")
       return
+    dtype, qmax = FORMATS[fmt]
     kernel = self.kernel.get_value().astype(jnp.float32)
-    scale = jnp.max(jnp.abs(kernel), axis=-2) / INT8_MAX  # (..., out)
+    scale = jnp.max(jnp.abs(kernel), axis=-2) / qmax  # (..., out)
     scale = jnp.where(scale > 0, scale, 1.0)
-    q = jnp.clip(jnp.round(kernel / scale[..., None, :]), -INT8_MAX, INT8_MAX).astype(jnp.int8)
+    q = jnp.clip(kernel / scale[..., None, :], -qmax, qmax)
+    q = (jnp.round(q) if fmt == "int8" else q).astype(dtype)
     names = _names(self.kernel)
     self.kernel.set_value(q)
     with nnx.use_eager_sharding(False):  # annotated only: the caller places it on a mesh
@@ -112,7 +131,7 @@ class Dense(nnx.Linear):
       )
 
   def dequantized_kernel(self) -> jax.Array:
-    """The kernel in float32 (int8 codes times their scales when quantized)."""
+    """The kernel in float32 (codes times their scales when quantized)."""
     kernel = self.kernel.get_value().astype(jnp.float32)
     if not self.quantized:
       return kernel
@@ -121,8 +140,8 @@ class Dense(nnx.Linear):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.quantized:
       dt = self.dtype or x.dtype
-      # int8 -> compute dtype inside the jitted dot (exact: |q| <= 127); f32 accumulation, the
-      # per-channel scale applied once to the f32 result.
+      # codes -> compute dtype inside the jitted dot (exact for int8 and e4m3); f32
+      # accumulation, the per-channel scale applied once to the f32 result.
       y = jnp.einsum(
         "...i,io->...o",
         x.astype(dt),
