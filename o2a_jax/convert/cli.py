@@ -161,7 +161,6 @@ def _export(args) -> int:
 def _run(args) -> int:
   from o2a_jax.checkpoint import save_native
   from o2a_jax.convert import official
-  from o2a_jax.io.safetensors import save_dict
   from o2a_jax.model import lora
   from o2a_jax.train import export
 
@@ -177,16 +176,8 @@ def _run(args) -> int:
   if args.to == "adapter":
     if not adapters:
       raise ValueError(f"{args.workdir} is not a LoRA run (config.lora.rank = 0): no adapters")
-    tensors = lora.adapter_state_dict(model)
-    meta = {
-      "format": "diffusers-peft-lora",
-      "rank": str(config.lora.rank),
-      "alpha": str(config.lora.rank),  # the trained alpha/rank scale is folded into lora_B
-      "targets": str(config.lora.targets),
-      "step": str(step),
-    }
-    save_dict(args.dst, tensors, metadata=meta)
-    what = f"{len(tensors) // 2} adapted modules"
+    n = lora.write_adapter_file(model, args.dst, targets=config.lora.targets, step=step)
+    what = f"{n} adapted modules"
   else:
     if adapters:
       lora.merge(model)

@@ -154,6 +154,24 @@ def adapter_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
   return out
 
 
+def write_adapter_file(model: nnx.Module, path, *, targets: str = "", step: int = 0) -> int:
+  """Writes `adapter_state_dict(model)` to one .safetensors file (atomically) with its metadata;
+  returns the number of adapted modules."""
+  from o2a_jax.io.safetensors import save_dict
+
+  tensors = adapter_state_dict(model)
+  rank = max(d.adapter_rank for d in adapted_layers(model).values())
+  meta = {
+    "format": "diffusers-peft-lora",
+    "rank": str(rank),
+    "alpha": str(rank),  # the trained alpha / rank scale is folded into lora_B
+    "targets": targets,
+    "step": str(step),
+  }
+  save_dict(path, tensors, metadata=meta)
+  return len(tensors) // 2
+
+
 def count(model: nnx.Module) -> int:
   """Adapter parameters of `model` (works on abstract models)."""
   return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, LoRAParam)))
