@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
   "data_pipeline.cli",
   "o2a_jax.train.cli",
   "o2a_jax.inference.cli",
+  "o2a_jax.evaluate.cli",
 )
 
 

@@ -41,6 +41,7 @@ APPS = {
   "o2a_jax.train",
   "o2a_jax.inference",
   "o2a_jax.convert",
+  "o2a_jax.evaluate",
   "o2a_jax.cli_types",
   "o2a_jax.config_lib",
 }
