@@ -19,8 +19,9 @@ the reference and mask replaced by the black image of the training's reference d
 guidance off (the extractor sees nothing of the puppet); `no_pose`: pose scale 0 and pose guidance
 off (the pose branch adds nothing).
 
-Metrics (`o2a_jax.puppet.evaluate`): PSNR over all pixels and frames of a clip, SSIM with the
-scikit-image defaults (grayscale, 7x7 uniform window), means over clips; all frames count,
+Metrics (`o2a_jax.metrics`): PSNR over all pixels and frames of a clip, SSIM with the
+scikit-image defaults (grayscale, 7x7 uniform window), LPIPS (--lpips, AlexNet by default, [-1,1]
+inputs; weights from the `eval` extra) averaged over frames; means over clips; all frames count,
 the first one included.
 """
 
@@ -53,6 +54,9 @@ def main(argv=None) -> int:
   p.add_argument("--vae", default=str(E.VAE_DIR))
   p.add_argument("--no-ablations", action="store_true")
   p.add_argument(
+    "--lpips", default="alexnet", choices=("alexnet", "vgg16", "none"), help="LPIPS trunk"
+  )
+  p.add_argument(
     "--int8", action="store_true", help="the denoiser's transformer linears as int8 (weight-only)"
   )
   p.add_argument(
@@ -68,6 +72,11 @@ def main(argv=None) -> int:
 
   t_all = time.perf_counter()
   model, vae = E.load_puppet_models(args.model, args.vae)
+  lpips_model = None
+  if args.lpips != "none":
+    from o2a_jax.metrics import lpips
+
+    lpips_model = lpips.load_lpips(args.lpips)
   if args.int8:
     from o2a_jax.model import quantize
 
@@ -76,7 +85,10 @@ def main(argv=None) -> int:
 
   def add(cond, method, video, gt):
     d = scores.setdefault(cond, {}).setdefault(method, [])
-    d.append((pixels.psnr(video, gt), pixels.ssim(video, gt)))
+    lp = float("nan")
+    if lpips_model is not None:
+      lp = float(np.mean(lpips.distance(lpips_model, video, gt)))
+    d.append((pixels.psnr(video, gt), pixels.ssim(video, gt), lp))
 
   def baselines(cond, image, ref_pose, driving, gt):
     add(cond, "copy", np.broadcast_to(image, gt.shape).copy(), gt)
@@ -116,8 +128,9 @@ def main(argv=None) -> int:
   table = {
     cond: {
       method: {
-        "psnr_db": float(np.mean([a for a, _ in v])),
-        "ssim": float(np.mean([b for _, b in v])),
+        "psnr_db": float(np.mean([a for a, _, _ in v])),
+        "ssim": float(np.mean([b for _, b, _ in v])),
+        "lpips": float(np.mean([c for _, _, c in v])),
         "n": len(v),
       }
       for method, v in methods.items()
@@ -126,10 +139,10 @@ def main(argv=None) -> int:
   }
   print(f"\nheld-out clips: {args.cases}; steps {args.steps}; chunk {args.frames} frames; long "
         f"{args.long_frames} frames (two chunks)")  # fmt: skip
-  print(f"{'condition':12s} {'method':10s} {'PSNR dB':>8s} {'SSIM':>7s}")
+  print(f"{'condition':12s} {'method':10s} {'PSNR dB':>8s} {'SSIM':>7s} {'LPIPS':>7s}")
   for cond, methods in table.items():
     for method, f in methods.items():
-      print(f"{cond:12s} {method:10s} {f['psnr_db']:8.2f} {f['ssim']:7.4f}")
+      print(f"{cond:12s} {method:10s} {f['psnr_db']:8.2f} {f['ssim']:7.4f} {f['lpips']:7.4f}")
   mis = table["misaligned"]
   for ab in ("no_ref", "no_pose"):
     if ab in mis:
