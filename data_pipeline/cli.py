@@ -1,7 +1,8 @@
 """`o2a data ...`: build training datasets (ArrayRecord) and write a synthetic one.
 
-o2a data build official CSV OUT [--root DIR] [--pose-pool CSV]
-o2a data build videos DIR OUT [--estimate --det-model ONNX --pose-model ONNX]
+o2a data build official CSV OUT [--root DIR] [--pose-pool CSV] [--format folder|tfds]
+o2a data build videos DIR OUT [--estimate --det-model ONNX --pose-model ONNX] [--format ...]
+o2a data tfds FOLDER OUT            (a built dataset folder -> the TFDS dataset o2a_animation)
 o2a data synthetic OUT [--clips N --pairs N --pool N]
 """
 
@@ -40,15 +41,49 @@ def _common(p: argparse.ArgumentParser) -> None:
   )
   p.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
   p.add_argument("--quiet", action="store_true", help="no progress bars or skip reports")
+  p.add_argument(
+    "--format",
+    choices=("folder", "tfds"),
+    default="folder",
+    help="folder: ArrayRecord shards + metadata (default); tfds: the TFDS dataset o2a_animation "
+    "(ArrayRecord, read with tfds.data_source; needs the tfds extra, no TensorFlow)",
+  )
+
+
+def _build(args, build_fn, *sources, **kwargs) -> None:
+  """Runs `build_fn(*sources, out, ...)`; with --format tfds into a scratch folder beside OUT
+  that becomes the TFDS dataset OUT/o2a_animation/1.0.0 and is then removed."""
+  import pathlib
+  import shutil
+
+  if args.format == "folder":
+    build_fn(*sources, args.out, **kwargs)
+    return
+  from data_pipeline import tfds_dataset
+
+  out = pathlib.Path(args.out)
+  if tfds_dataset.version_dir(out) is not None and not args.overwrite:
+    raise FileExistsError(f"{out} already holds a TFDS dataset; pass --overwrite to replace it")
+  scratch = out.parent / f".{out.name}.records"
+  shutil.rmtree(scratch, ignore_errors=True)
+  try:
+    build_fn(*sources, scratch, **kwargs)
+    if out.exists() and args.overwrite:
+      shutil.rmtree(out / tfds_dataset.NAME, ignore_errors=True)
+    path = tfds_dataset.build(scratch, out)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  print(f"wrote the TFDS dataset {path}")
 
 
 def _official(args) -> int:
   check_writable(args.out, flag="OUT", folder=True)
   from data_pipeline.build import build_official
 
-  build_official(
+  _build(
+    args,
+    build_official,
     args.csv,
-    args.out,
     root=args.root,
     pose_pool_csv=args.pose_pool,
     image_format=args.image_format,
@@ -65,9 +100,10 @@ def _videos(args) -> int:
   check_writable(args.out, flag="OUT", folder=True)
   from data_pipeline.build import build_videos
 
-  build_videos(
+  _build(
+    args,
+    build_videos,
     args.folder,
-    args.out,
     estimate=args.estimate,
     det_model=args.det_model,
     pose_model=args.pose_model,
@@ -97,6 +133,16 @@ def _synthetic(args) -> int:
     overwrite=args.overwrite,
   )
   print(f"wrote {info['counts']} to {args.out}")
+  return 0
+
+
+def _tfds(args) -> int:
+  check_writable(args.out, flag="OUT", folder=True)
+  from data_pipeline import tfds_dataset
+
+  if tfds_dataset.version_dir(args.out) is not None:
+    raise FileExistsError(f"{args.out} already holds a TFDS dataset; choose another OUT")
+  print(f"wrote the TFDS dataset {tfds_dataset.build(args.folder, args.out)}")
   return 0
 
 
@@ -134,6 +180,17 @@ def add_parser(subparsers) -> None:
   p.add_argument("--pose-model", default=None, help="whole-body pose ONNX file")
   _common(p)
   p.set_defaults(func=_videos)
+
+  p = sub.add_parser(
+    "tfds",
+    help="a built dataset folder -> the TFDS dataset o2a_animation (no TensorFlow)",
+    description="Writes OUT/o2a_animation/1.0.0: splits clip, pair and pool in ArrayRecord "
+    "files, readable with tfds.data_source / tfds.builder_from_directory and by o2a train "
+    "(--config.data.source=OUT). Example i of a split is record i of FOLDER.",
+  )
+  p.add_argument("folder", help="a dataset folder written by `o2a data build`")
+  p.add_argument("out", help="TFDS data_dir to write into")
+  p.set_defaults(func=_tfds)
 
   p = sub.add_parser(
     "synthetic",

@@ -41,8 +41,9 @@ import numpy as np
 from data_pipeline import buckets
 from data_pipeline.batch import FIELDS
 from data_pipeline.config import DataConfig
-from data_pipeline.records import CorruptDataError, CorruptRecordError, RecordSource
+from data_pipeline.records import CorruptDataError, CorruptRecordError
 from data_pipeline.sample import pair_sample, video_sample
+from data_pipeline.tfds_dataset import open_source
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +233,10 @@ class SampleLoader:
   def __init__(self, cfg: DataConfig, data_dir, pool_dir, process_index: int, process_count: int):
     _check_config(cfg)
     self.cfg = cfg
-    self.clips = RecordSource(data_dir, "clip")
-    self.pairs = RecordSource(data_dir, "pair")
+    self.clips = open_source(data_dir, "clip")  # a dataset folder or a TFDS dataset
+    self.pairs = open_source(data_dir, "pair")
     pool_dir = pool_dir or data_dir
-    self.pool = RecordSource(pool_dir, "pool")
+    self.pool = open_source(pool_dir, "pool")
     self.planner = EpochPlanner(cfg, self.clips.meta, self.pairs.meta)
     self.local_batch = cfg.global_batch // process_count
     self.process_index = process_index
@@ -387,7 +388,10 @@ def train_iterator(data_config, *, process_index: int = 0, process_count: int = 
   """
   cfg = DataConfig.from_config(data_config)  # typed once here; nothing below reads the ConfigDict
   if not cfg.source:
-    raise ValueError("config.data.source is empty; point it at a folder built by `o2a data build`")
+    raise ValueError(
+      "config.data.source is empty; point it at a folder built by `o2a data build` (or the TFDS "
+      "dataset `o2a data build --format tfds` writes)"
+    )
   if not pathlib.Path(cfg.source).is_dir():
     raise FileNotFoundError(f"config.data.source {cfg.source!r} is not a folder")
   if process_count < 1 or not 0 <= process_index < process_count:

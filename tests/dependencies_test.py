@@ -18,8 +18,14 @@ import tomllib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUNTIME = ("o2a_jax", "kernels", "data_pipeline")
 FIRST_PARTY = {*RUNTIME, "configs", "benchmarks", "scripts", "tests"}
-# Imported only by the optional conversion checks (declared in the `torch` extra).
-OPTIONAL = {"torch", "diffusers", "transformers"}
+# Imported only by optional paths, each declared in its extra: the conversion checks (`torch`)
+# and the TFDS dataset (`tfds`; imported lazily, with an error naming the extra).
+OPTIONAL = {
+  "torch": "torch",
+  "diffusers": "torch",
+  "transformers": "torch",
+  "tensorflow_datasets": "tfds",
+}
 # Where an import name is not its distribution's name and the distribution is not installed here.
 KNOWN = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml"}
 
@@ -56,14 +62,17 @@ def _imports() -> dict[str, list[str]]:
 
 def test_runtime_imports_are_declared():
   declared = {_requirement_name(r) for r in _pyproject()["dependencies"]}
-  extras = {_requirement_name(r) for r in _pyproject()["optional-dependencies"]["torch"]}
+  extras = {
+    name: {_requirement_name(r) for r in reqs}
+    for name, reqs in _pyproject()["optional-dependencies"].items()
+  }
   dists = md.packages_distributions()
   missing = []
   for module, files in sorted(_imports().items()):
     if module in sys.stdlib_module_names or module in FIRST_PARTY or module == "__future__":
       continue
     names = {_norm(d) for d in dists.get(module, [])} or {_norm(KNOWN.get(module, module))}
-    allowed = declared | (extras if module in OPTIONAL else set())
+    allowed = declared | (extras[OPTIONAL[module]] if module in OPTIONAL else set())
     if not names & allowed:
       missing.append(f"{module} (distribution {sorted(names)}) imported by {files[0]}")
   assert not missing, "undeclared in pyproject.toml [project.dependencies]:\n" + "\n".join(missing)
