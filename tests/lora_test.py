@@ -29,6 +29,7 @@ def args():
   )
 
 
+ALL_TARGETS = ("attn", "ffn", "hrfa", "pose", "ref")
 # One jitted forward for the module: models of one structure share its compiled program.
 _FORWARD = jax.jit(lambda m, *a: m(*a, token_replace=True))
 
@@ -49,8 +50,7 @@ def _train_b(model, seed=3, std=0.02):
 def test_zero_adapter_leaves_outputs_bit_identical(fixtures_dir, args):
   model = load_official(fixtures_dir / "model_tiny")
   base = _run(model, args)
-  targets = ("attn", "ffn", "hrfa", "pose", "ref")
-  paths = lora.attach(model, rank=4, targets=targets)
+  paths = lora.attach(model, rank=4, alpha=8, targets=ALL_TARGETS)
   assert "blocks.attn1.to_q" in paths and "blocks.attn1.add_k_proj" in paths
   assert "pose_zero" in paths and "refextractor.blocks.ffn_in" in paths
   assert np.array_equal(_run(model, args), base)
@@ -76,7 +76,7 @@ def test_merge_equals_adapted_and_adapter_file_rebuilds_the_merged_weights(
 ):
   model = load_official(fixtures_dir / "model_tiny")
   base_sd = official_state_dict(model)
-  lora.attach(model, rank=4, alpha=8, targets=("attn", "ffn", "hrfa", "pose"))
+  lora.attach(model, rank=4, alpha=8, targets=ALL_TARGETS)  # the structure compiled above
   _train_b(model)
   adapted = _run(model, args)
   adapter = lora.adapter_state_dict(model)

@@ -17,7 +17,6 @@ from o2a_jax import sharding
 from o2a_jax.checkpoint import save_native
 from o2a_jax.cli import main
 from o2a_jax.config_lib import load_config_file
-from o2a_jax.convert import load_official
 from o2a_jax.io.safetensors import TensorSource
 from o2a_jax.layers.linear import LoRAParam
 from o2a_jax.model import lora
@@ -49,18 +48,18 @@ def _run(model, args):
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
-  """A LoRA run on a saved random base (small model, synthetic data, fsdp mesh): 2 steps with a
+  """A LoRA run on a saved random base (small model, synthetic data, one device): 2 steps with a
   checkpoint, then resumed from it to step 4 (one compiled step serves both calls)."""
   tmp = tmp_path_factory.mktemp("lora")
   c = load_config_file(CONFIG, "model=tiny,small,stage=2")
-  c.data.global_batch = 8  # fsdp over the suite's 8 simulated devices
+  c.train.mesh_shape = (1, 1, 1, 1)  # one device: a quicker compile than the 8-device mesh
   base = trainer.build_model(c)
   save_native(base, tmp / "base")
   c.init.checkpoint, c.init.format = str(tmp / "base"), "native"
   c.lora.rank, c.lora.alpha, c.lora.targets = 4, 8.0, "attn,ffn,hrfa,pose"
   c.optim.lr, c.optim.warmup_steps = 1e-2, 0
   c.train.steps, c.train.ckpt_every, c.train.async_checkpoint = 2, 2, False
-  s = trainer.setup(c)
+  s = trainer.setup(c, mesh=sharding.make_mesh((1, 1, 1, 1), jax.devices()[:1]))
   template = jax.tree.map(lambda x: x.copy(), s.state)  # the run donates s.state
   first = trainer.train(c, tmp / "run", progress=False, built=s)
   c.train.steps = 4
@@ -106,19 +105,25 @@ def test_lora_run_resumes_from_its_adapter_checkpoint(lora_run):
 
 
 def test_convert_run_exports_merged_and_adapter(lora_run, capsys):
+  from o2a_jax.convert import official_state_dict
+
   tmp, c, _, last = lora_run
-  model, _, step = export.load_run(tmp / "run", step=4)
+  one = sharding.make_mesh((1, 1, 1, 1), jax.devices()[:1])
+  model, _, step = export.load_run(tmp / "run", step=4, mesh=one)
   # The restored adapters are the run's step-4 adapters, bit for bit.
   restored = jax.tree.leaves(nnx.state(model, LoRAParam))
   trained = jax.tree.leaves(last.state.params)
   assert len(restored) == len(trained) > 0
   assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(restored, trained))
-  args = _args(model.cfg)
-  adapted = _run(model, args)
+  # The merged export is the in-memory merge (lora_test checks merge = adapted outputs).
   assert main(["convert", "run", str(tmp / "run"), str(tmp / "merged"), "--step", "4"]) == 0
-  merged = load_official(tmp / "merged", head_dim=model.cfg.head_dim)  # small: not 128
-  err = np.abs(_run(merged, args) - adapted).max() / np.abs(adapted).max()
-  assert err < 1e-5, err
+  lora.merge(model)
+  want = official_state_dict(model)
+  with TensorSource(tmp / "merged") as src:
+    assert set(src) == set(want)
+    # merged on 8 devices by the command, on one here: equal up to float rounding
+    for k in want:
+      np.testing.assert_allclose(src[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
   out = tmp / "adapter.safetensors"
   assert main(["convert", "run", str(tmp / "run"), str(out), "--to", "adapter", "--step", "4"]) == 0
   with TensorSource(out) as src:
@@ -133,6 +138,7 @@ def test_convert_run_exports_merged_and_adapter(lora_run, capsys):
   assert "give --base" in capsys.readouterr().err and not (tmp / "m2").exists()
 
 
+@pytest.mark.slow  # ~30 s: the tiny model's train step compiles once more
 def test_lora_on_the_puppet_toy_lowers_the_loss(tmp_path):
   """The shipped puppet model as the frozen base: on one batch with the step's random draws held
   fixed, rank-8 adapters lower the loss."""

@@ -12,8 +12,7 @@ from flax import nnx
 from o2a_jax.checkpoint import load_native, read_quantization, save_native
 from o2a_jax.convert import load_official, save_official
 from o2a_jax.layers.linear import QuantScale
-from o2a_jax.model import build_denoiser, lora, quantize
-from o2a_jax.model.config import preset
+from o2a_jax.model import lora, quantize
 
 
 def _args(text_dim=16, b=1, t=2, h=4, w=6):
@@ -40,8 +39,14 @@ def _rel(a, b):
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def test_int8_codes_and_scales_are_per_output_channel():
-  model = build_denoiser(preset("tiny"))
+@pytest.fixture
+def tiny(fixtures_dir):
+  """A fresh float32 copy of the golden tiny model (loading is ~10x faster than a random init)."""
+  return lambda: load_official(fixtures_dir / "model_tiny")
+
+
+def test_int8_codes_and_scales_are_per_output_channel(tiny):
+  model = tiny()
   layer = model.blocks.attn1.to_q
   w = np.asarray(layer.kernel.get_value(), np.float64)
   quantize.quantize(model)
@@ -69,8 +74,8 @@ def test_output_error_on_the_golden_tiny_model(fixtures_dir, fmt):
   assert 0 < err < 0.05, err  # measured: int8 0.57 %, fp8 1.9 %; a wrong scale axis gives O(1)
 
 
-def test_fp8_codes_and_checkpoint(tmp_path):
-  model = build_denoiser(preset("tiny"))
+def test_fp8_codes_and_checkpoint(tmp_path, tiny):
+  model = tiny()
   layer = model.blocks.ffn_in
   w = np.asarray(layer.kernel.get_value(), np.float64)
   quantize.quantize(model, fmt="fp8")
@@ -93,8 +98,8 @@ def test_fp8_codes_and_checkpoint(tmp_path):
     quantize.quantize(back, fmt="int8")
 
 
-def test_int8_native_checkpoint_round_trip(tmp_path):
-  model = build_denoiser(preset("tiny"))
+def test_int8_native_checkpoint_round_trip(tmp_path, tiny):
+  model = tiny()
   quantize.quantize(model)
   args = _args()
   want = _run(model, args)
@@ -109,7 +114,7 @@ def test_int8_native_checkpoint_round_trip(tmp_path):
   scales = jax.tree.leaves(nnx.state(back, QuantScale))
   assert scales and all(s.dtype == jnp.float32 for s in scales)
   # Storage: each quantised float32 kernel becomes 1 byte per weight plus 4 per output channel.
-  float_model = build_denoiser(preset("tiny"))
+  float_model = tiny()
   layers = quantize.dense_layers(float_model)
   saved = 0
   for p in quantize.quantized_paths(back):
@@ -118,15 +123,15 @@ def test_int8_native_checkpoint_round_trip(tmp_path):
   assert quantize.weight_bytes(back) == quantize.weight_bytes(float_model) - saved
 
 
-def test_formats_refuse_what_they_cannot_store(tmp_path):
-  model = build_denoiser(preset("tiny"))
+def test_formats_refuse_what_they_cannot_store(tmp_path, tiny):
+  model = tiny()
   lora.attach(model, rank=2, targets="attn")
   with pytest.raises(ValueError, match="LoRA adapters"):
     save_native(model, tmp_path / "a")
   with pytest.raises(ValueError, match="LoRA adapters"):
     save_official(model, tmp_path / "b")
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-  q = build_denoiser(preset("tiny"))
+  q = tiny()
   quantize.quantize(q)
   with pytest.raises(ValueError, match="int8"):
     save_official(q, tmp_path / "c")

@@ -49,8 +49,11 @@ def run_config(workdir, step: int | None = None) -> tuple[mlc.ConfigDict, int]:
   return mlc.ConfigDict(_tuples(saved)), step
 
 
-def load_run(workdir, *, step: int | None = None, ema: bool = False, base: str | None = None):
-  """(Denoiser, run config, step) of a run's checkpoint, on this process's devices."""
+def load_run(
+  workdir, *, step: int | None = None, ema: bool = False, base: str | None = None, mesh=None
+):
+  """(Denoiser, run config, step) of a run's checkpoint, on `mesh` (default: FSDP over all of
+  this process's devices)."""
   config, step = run_config(workdir, step)
   lora = step_lib.lora_config(config).enabled
   if lora:
@@ -68,7 +71,7 @@ def load_run(workdir, *, step: int | None = None, ema: bool = False, base: str |
   if "mesh_shape" in config:
     config.mesh_shape = config.train.mesh_shape
   config.data.source = ""  # no data is read
-  s = trainer.setup(config)
+  s = trainer.setup(config, mesh=mesh)
   ckpts = ckpt_lib.Checkpoints(
     pathlib.Path(workdir) / "checkpoints", async_save=False, skip=trainer.checkpoint_skip(config)
   )
