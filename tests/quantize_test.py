@@ -136,3 +136,20 @@ def test_formats_refuse_what_they_cannot_store(tmp_path, tiny):
   with pytest.raises(ValueError, match="int8"):
     save_official(q, tmp_path / "c")
   assert not (tmp_path / "c").exists()
+
+
+def test_adapters_on_an_int8_base(tiny):
+  """`config.lora.base_int8`: adapters train over int8 kernels; merging into them is refused."""
+  from o2a_jax.layers.linear import LoRAParam
+  from o2a_jax.train import trainable
+
+  model = tiny()
+  quantize.quantize(model)
+  lora.attach(model, rank=2, targets="attn")
+  _, params, frozen = trainable.split_params(model, 2, "lora")
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  assert {type(v) for v in jax.tree.leaves(params, is_leaf=is_var)} == {LoRAParam}
+  kernels = [v for p, v in frozen.flat_state() if p[-1] == "kernel" and p[0] == "blocks"]
+  assert kernels and all(v.get_value().dtype == jnp.int8 for v in kernels)
+  with pytest.raises(ValueError, match="merge before quantizing"):
+    lora.merge(model)
