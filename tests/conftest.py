@@ -1,9 +1,15 @@
-"""Test setup: 8 simulated CPU devices (set before jax is imported) and shared fixtures."""
+"""Test setup: 8 simulated CPU devices and a quicker XLA backend (set before jax is imported),
+and shared fixtures."""
 
 import os
 import pathlib
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The suite is compile-bound (tiny models, many programs): without LLVM's backend optimisation
+# XLA's CPU compiles take ~40 % less time (measured: lora_train_test + model_test 95 s -> 58 s);
+# only code generation changes, the HLO passes run as usual and every parity test holds.
+os.environ.setdefault(
+  "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+)
 os.environ.setdefault("O2A_CHECK_DIMS", "1")  # every @dims annotation is checked on every call
 
 import jax  # noqa: E402

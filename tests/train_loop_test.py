@@ -133,7 +133,9 @@ def reference(built, tmp_path_factory):
 
 def subprocess_env(cache: pathlib.Path) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  # The suite's XLA flags (tests/conftest.py): the same devices and the same code generation as
+  # this process, so the subprocess's steps are bit-identical to the in-process reference.
+  env["XLA_FLAGS"] = os.environ["XLA_FLAGS"]
   env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
