@@ -546,3 +546,19 @@ def test_workdir_of_another_stage_is_refused(tmp_path):
   saved["stage"] = 1
   with pytest.raises(ValueError, match=r"stage = 1, this config has 2; use another --workdir"):
     trainer.check_same_run(c, saved, tmp_path)
+
+
+def test_convert_run_exports_a_full_run(reference, tmp_path):
+  """`o2a convert run` on a full (not LoRA) run: the checkpoint's parameters, in the official
+  layout, equal the run's final model's."""
+  from o2a_jax.cli import main
+  from o2a_jax.convert import official_state_dict
+  from o2a_jax.io.safetensors import TensorSource
+
+  workdir, ref = reference
+  assert main(["convert", "run", str(workdir), str(tmp_path / "out")]) == 0
+  want = official_state_dict(step_lib.merge_model(ref.graphs, ref.state))
+  with TensorSource(tmp_path / "out") as src:
+    assert set(src) == set(want)
+    for k in want:
+      np.testing.assert_array_equal(src[k], want[k], err_msg=k)
