@@ -27,21 +27,9 @@ import numpy as np  # noqa: E402
 
 from o2a_jax.model import build_denoiser, quantize  # noqa: E402
 from o2a_jax.model.config import preset  # noqa: E402
+from o2a_jax.model.shapes import example_inputs  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _inputs(text_dim: int):
-  k = jax.random.split(jax.random.key(1), 6)
-  b, t, h, w = 1, 2, 4, 6
-  return (
-    jax.random.normal(k[0], (b, t, h, w, 16)),
-    jnp.full((b,), 700.0),
-    jax.random.normal(k[1], (b, 3, text_dim)),
-    jax.random.normal(k[2], (b, 1, h, w, 32)),
-    jax.random.uniform(k[3], (b, 4 * t - 3, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-    jax.random.uniform(k[4], (b, 1, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-  )
 
 
 def _run(model, args) -> np.ndarray:
@@ -58,7 +46,7 @@ def golden_tiny() -> dict:
 
   path = ROOT / "tests" / "fixtures" / "model_tiny"
   f32 = load_official(path)
-  args = _inputs(f32.cfg.text_dim)
+  args = example_inputs(f32.cfg)
   ref = _run(f32, args)
   out = {
     "model": "golden tiny (official weights), float32 compute",
@@ -78,7 +66,7 @@ def reduced_14b() -> dict:
     "14b", num_layers=2, ref_layers=1, pose_layers=1, dtype="bfloat16", param_dtype="bfloat16"
   )
   t0 = time.perf_counter()
-  args = _inputs(cfg.text_dim)
+  args = example_inputs(cfg)
   ref = _run(build_denoiser(cfg, seed=0), args)
   out = {
     "model": "14B width (D 5120, 40 heads, FFN 13824), 2+1+1 blocks, random weights, bf16",

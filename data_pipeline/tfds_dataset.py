@@ -33,7 +33,7 @@ from data_pipeline.records import KINDS, META_FIELDS, CorruptRecordError, Record
 
 NAME = "o2a_animation"
 DATASET_VERSION = "1.0.0"
-_ALL_META = ("height", "width", "fps", "start_frame", "end_frame", "n_frames")
+_ALL_META = META_FIELDS["clip"]  # the other kinds' metadata fields are a subset of these
 
 
 def _tfds():

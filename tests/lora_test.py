@@ -5,7 +5,6 @@ official parameter walk never sees adapters."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -13,20 +12,13 @@ from flax import nnx
 from o2a_jax.convert import load_official, official_state_dict, save_official
 from o2a_jax.layers.linear import LoRAParam
 from o2a_jax.model import lora
+from o2a_jax.model.config import preset
+from o2a_jax.model.shapes import example_inputs
 
 
 @pytest.fixture(scope="module")
 def args():
-  k = jax.random.split(jax.random.key(1), 6)
-  b, t, h, w = 1, 2, 4, 6
-  return (
-    jax.random.normal(k[0], (b, t, h, w, 16)),
-    jnp.full((b,), 700.0),
-    jax.random.normal(k[1], (b, 3, 16)),
-    jax.random.normal(k[2], (b, 1, h, w, 32)),
-    jax.random.uniform(k[3], (b, 4 * t - 3, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-    jax.random.uniform(k[4], (b, 1, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-  )
+  return example_inputs(preset("tiny"))  # the golden tiny model's configuration
 
 
 ALL_TARGETS = ("attn", "ffn", "hrfa", "pose", "ref")

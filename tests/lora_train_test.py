@@ -27,25 +27,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "o2a.py"
 
 
-def _args(cfg, b=1, t=2, h=4, w=4):
-  k = jax.random.split(jax.random.key(1), 6)
-  return (
-    jax.random.normal(k[0], (b, t, h, w, 16)),
-    jax.numpy.full((b,), 600.0),
-    jax.random.normal(k[1], (b, 3, cfg.text_dim)),
-    jax.random.normal(k[2], (b, 1, h, w, 32)),
-    jax.random.uniform(k[3], (b, 4 * t - 3, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-    jax.random.uniform(k[4], (b, 1, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-  )
-
-
-_FORWARD = jax.jit(lambda m, *a: m(*a, token_replace=False))
-
-
-def _run(model, args):
-  return np.asarray(_FORWARD(model, *args))
-
-
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
   """A LoRA run on a saved random base (small model, synthetic data, one device): 2 steps with a

@@ -11,6 +11,7 @@ import pytest
 
 from o2a_jax import sharding
 from o2a_jax.convert import load_official, official_shapes
+from o2a_jax.model.shapes import example_inputs
 
 CASES = {
   "plain": (1.0, False),
@@ -115,19 +116,6 @@ def test_official_shapes_full_size(fixtures_dir, preset_name):
   ]
 
 
-def _small_inputs(cfg, b=1, t=2):
-  k = jax.random.split(jax.random.key(1), 6)
-  h, w = 4, 6
-  return (
-    jax.random.normal(k[0], (b, t, h, w, 16)),
-    jnp.full((b,), 700.0),
-    jax.random.normal(k[1], (b, 3, cfg.text_dim)),
-    jax.random.normal(k[2], (b, 1, h, w, 32)),
-    jax.random.uniform(k[3], (b, 4 * t - 3, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-    jax.random.uniform(k[4], (b, 1, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-  )
-
-
 def test_scan_loop_and_remat_agree(fixtures_dir, args, outputs):
   """The unrolled loop and the remat'd scan give the scanned model's output."""
   fwd = jax.jit(lambda m, *a: m(*a, token_replace=True))
@@ -173,7 +161,7 @@ def test_sharded_matches_single_device(fixtures_dir, args, outputs):
   ],
 )
 def test_bad_input_shapes_are_named(model, index, shape, match):
-  x = list(_small_inputs(model.cfg))
+  x = list(example_inputs(model.cfg))
   x[index] = jnp.zeros(shape)
   with pytest.raises(ValueError, match=match):
     model(*x)

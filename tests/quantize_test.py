@@ -11,21 +11,9 @@ from flax import nnx
 
 from o2a_jax.checkpoint import load_native, read_quantization, save_native
 from o2a_jax.convert import load_official, save_official
-from o2a_jax.layers.linear import QuantScale
+from o2a_jax.layers.linear import QuantScale, dense_layers
 from o2a_jax.model import lora, quantize
-
-
-def _args(text_dim=16, b=1, t=2, h=4, w=6):
-  k = jax.random.split(jax.random.key(1), 6)
-  return (
-    jax.random.normal(k[0], (b, t, h, w, 16)),
-    jnp.full((b,), 700.0),
-    jax.random.normal(k[1], (b, 3, text_dim)),
-    jax.random.normal(k[2], (b, 1, h, w, 32)),
-    jax.random.uniform(k[3], (b, 4 * t - 3, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-    jax.random.uniform(k[4], (b, 1, 8 * h, 8 * w, 3), minval=-1, maxval=1),
-  )
-
+from o2a_jax.model.shapes import example_inputs
 
 # One jitted forward for the module: models of one structure share its compiled program.
 _FORWARD = jax.jit(lambda m, *a: m(*a, token_replace=True))
@@ -65,8 +53,8 @@ def test_int8_codes_and_scales_are_per_output_channel(tiny):
 
 @pytest.mark.parametrize("fmt", ["int8", "fp8"])
 def test_output_error_on_the_golden_tiny_model(fixtures_dir, fmt):
-  args = _args()
   model = load_official(fixtures_dir / "model_tiny")
+  args = example_inputs(model.cfg)
   ref = _run(model, args)
   quantize.quantize(model, fmt=fmt)
   assert quantize.quantized_format(model) == fmt
@@ -87,7 +75,7 @@ def test_fp8_codes_and_checkpoint(tmp_path, tiny):
   # e4m3 keeps 3 mantissa bits: each weight within 1/16 of itself (normal range).
   big = np.abs(w) > 2**-6 * 448 * s[:, None, :]
   assert np.all(np.abs(deq - w)[big] <= np.abs(w)[big] / 16 + 1e-12)
-  args = _args()
+  args = example_inputs(model.cfg)
   want = _run(model, args)
   save_native(model, tmp_path / "f8")
   assert read_quantization(tmp_path / "f8")["format"] == "fp8"
@@ -101,7 +89,7 @@ def test_fp8_codes_and_checkpoint(tmp_path, tiny):
 def test_int8_native_checkpoint_round_trip(tmp_path, tiny):
   model = tiny()
   quantize.quantize(model)
-  args = _args()
+  args = example_inputs(model.cfg)
   want = _run(model, args)
   save_native(model, tmp_path / "q8")
   record = read_quantization(tmp_path / "q8")
@@ -115,7 +103,7 @@ def test_int8_native_checkpoint_round_trip(tmp_path, tiny):
   assert scales and all(s.dtype == jnp.float32 for s in scales)
   # Storage: each quantised float32 kernel becomes 1 byte per weight plus 4 per output channel.
   float_model = tiny()
-  layers = quantize.dense_layers(float_model)
+  layers = dense_layers(float_model)
   saved = 0
   for p in quantize.quantized_paths(back):
     k = layers[p].kernel.get_value()

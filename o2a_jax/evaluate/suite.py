@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from o2a_jax.io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_video
-from o2a_jax.metrics import pixels
+from o2a_jax.metrics import fvd, i3d, lpips, pixels
 
 CLIP_SUFFIXES = (*VIDEO_SUFFIXES, ".gif")
 
@@ -71,12 +71,8 @@ def evaluate_folders(
   pairs = pair_clips(pred_dir, gt_dir)
   lpips_model = i3d_model = None
   if options.lpips_net:
-    from o2a_jax.metrics import lpips
-
     lpips_model = lpips.load_lpips(options.lpips_net, options.lpips_weights)
   if options.fvd:
-    from o2a_jax.metrics import i3d
-
     i3d_model = i3d.load_i3d(options.i3d_weights)
   per_clip, generated, real = {}, [], []
   for name, p, g in tqdm(pairs, desc="evaluating", unit="clip", disable=not progress):
@@ -93,8 +89,6 @@ def evaluate_folders(
       "l1": pixels.l1(a, b),
     }
     if lpips_model is not None:
-      from o2a_jax.metrics import lpips
-
       row["lpips"] = float(
         np.mean(lpips.distance(lpips_model, a, b, protocol=options.lpips_protocol))
       )
@@ -109,8 +103,6 @@ def evaluate_folders(
   }
   summary["clips"] = len(per_clip)
   if i3d_model is not None:
-    from o2a_jax.metrics import fvd
-
     summary["fvd"] = fvd.fvd(i3d_model, generated, real)
   lpips_inputs = "[0,1] inputs, as DisCo" if options.lpips_protocol == "disco" else "[-1,1] inputs"
   protocol = {

@@ -325,16 +325,12 @@ def _write(args, video, poses, fps):
 
 def run_animate(args) -> int:
   from o2a_jax.inference import generation, pose_sources
-  from o2a_jax.io.video import read_image
 
   t0 = time.perf_counter()
   _check_video_out(args.out, args.overwrite)
   options = _generation_options(args, reproduce_official=args.reproduce_official)
   models = _pose_models(args)
-  image = read_image(args.ref)
-  ref = pose_sources.reference_poses(
-    image, f"reference image {args.ref!r}", pose_file=args.ref_pose, models=models
-  )
+  image, ref = pose_sources.reference(args.ref, pose_file=args.ref_pose, models=models)
   driving, fps = pose_sources.driving_poses(
     args.driving, image.shape[:2], start=args.start, count=args.frames, stride=args.stride,
     models=models, progress=options["progress"],
@@ -347,15 +343,11 @@ def run_animate(args) -> int:
 
 def run_transfer(args) -> int:
   from o2a_jax.inference import generation, pose_sources
-  from o2a_jax.io.video import read_image
 
   _check_video_out(args.out, args.overwrite)
   options = _generation_options(args)
   models = _pose_models(args)
-  image = read_image(args.ref)
-  ref = pose_sources.reference_poses(
-    image, f"reference image {args.ref!r}", pose_file=args.ref_pose, models=models
-  )
+  image, ref = pose_sources.reference(args.ref, pose_file=args.ref_pose, models=models)
   target = pose_sources.target_poses(args.pose, frame=args.pose_frame, models=models)
   video, poses = generation.generate(image=image, ref=ref, driving=target, **options)
   _write(args, video, poses, pose_sources.POSE_FILE_FPS)

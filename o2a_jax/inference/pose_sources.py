@@ -17,7 +17,7 @@ from o2a_jax import pose as pose_lib
 from o2a_jax.inference.load import POSE_SUFFIXES, read_pose_file, write_pose_npy
 from o2a_jax.inference.prepare import Poses, driving_dicts, frame_indices, resize_crop
 from o2a_jax.io.output_paths import check_output
-from o2a_jax.io.video import read_video
+from o2a_jax.io.video import read_image, read_video
 from o2a_jax.pose.coco import dwpose_from_meta, metas_from_kp133
 
 POSE_FILE_FPS = 16.0  # pose files carry no frame rate; the model's training rate
@@ -84,20 +84,19 @@ def driving_poses(
   return Poses(kp133=kp, width=w, height=h), fps / stride
 
 
-def reference_poses(
-  image: np.ndarray, what: str, *, pose_file=None, models: PoseModels = PoseModels()
-) -> Poses:
-  """The reference image's pose: from `pose_file` when given, else estimated on `image`."""
+def reference(path, *, pose_file=None, models: PoseModels = PoseModels()):
+  """(uint8 image, its pose) of the reference image at `path`: the pose from `pose_file` when
+  given, else estimated on the image."""
+  image = read_image(path)
   if pose_file:
-    return read_pose_file(pose_file)
-  kp = models.estimator("the reference image (or give --ref-pose)").estimate(image, what)
-  return Poses(kp133=kp[None], width=image.shape[1], height=image.shape[0])
+    return image, read_pose_file(pose_file)
+  estimator = models.estimator("the reference image (or give --ref-pose)")
+  kp = estimator.estimate(image, f"reference image {str(path)!r}")
+  return image, Poses(kp133=kp[None], width=image.shape[1], height=image.shape[0])
 
 
 def target_poses(path, *, frame: int = 0, models: PoseModels = PoseModels()) -> Poses:
   """One target pose for image pose transfer: frame `frame` of a pose file, or an image's."""
-  from o2a_jax.io.video import read_image
-
   if is_pose_file(path):
     poses = read_pose_file(path)
     if not 0 <= frame < len(poses):

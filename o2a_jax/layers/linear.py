@@ -182,3 +182,12 @@ def dense(
     bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)),
     rngs=rngs,
   )
+
+
+def dense_layers(module: nnx.Module) -> dict[str, Dense]:
+  """Every `Dense` inside `module` by its dotted path (a stacked layer is one entry)."""
+  return {
+    ".".join(map(str, path)): node
+    for path, node in nnx.iter_graph(module)
+    if isinstance(node, Dense)
+  }

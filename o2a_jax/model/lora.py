@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from o2a_jax import sharding
-from o2a_jax.layers.linear import Dense, LoRAParam
+from o2a_jax.layers.linear import Dense, LoRAParam, dense_layers
 from o2a_jax.model import param_names as layout
 
 TARGETS: dict[str, str] = {
@@ -77,15 +77,6 @@ def parse_targets(targets) -> tuple[str, ...]:
       f"from {', '.join(TARGETS)}"
     )
   return tuple(dict.fromkeys(names))
-
-
-def dense_layers(model: nnx.Module) -> dict[str, Dense]:
-  """Every `Dense` of `model` by its dotted path (stacked layers are one entry)."""
-  return {
-    ".".join(map(str, path)): node
-    for path, node in nnx.iter_graph(model)
-    if isinstance(node, Dense)
-  }
 
 
 def target_layers(model: nnx.Module, targets) -> dict[str, Dense]:

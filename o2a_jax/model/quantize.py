@@ -16,20 +16,12 @@ import numpy as np
 from flax import nnx
 
 from o2a_jax import sharding
-from o2a_jax.layers.linear import Dense, QuantScale
+from o2a_jax.layers.linear import QuantScale, dense_layers
 from o2a_jax.model.config import DenoiserConfig
 from o2a_jax.model.denoiser import Denoiser
 
 SCHEMES = {"int8": "int8-weight-per-channel", "fp8": "fp8e4m3-weight-per-channel"}
 TARGET = re.compile(r"^(blocks|pose_blocks|refextractor\.blocks)\.")
-
-
-def dense_layers(model: nnx.Module) -> dict[str, Dense]:
-  return {
-    ".".join(map(str, path)): node
-    for path, node in nnx.iter_graph(model)
-    if isinstance(node, Dense)
-  }
 
 
 def target_paths(model: nnx.Module) -> list[str]:

@@ -1,5 +1,6 @@
-"""The denoiser's structure without its weights: abstract models, parameter shapes, and the
-architecture read back from official key shapes (the parameter-name table is `param_names`).
+"""The denoiser's structure without its weights: abstract models, parameter shapes, the
+architecture read back from official key shapes (the parameter-name table is `param_names`), and
+random example inputs of the right shapes.
 
 Nothing here allocates parameters (`nnx.eval_shape`).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -16,6 +18,7 @@ from o2a_jax import sharding
 from o2a_jax.io.safetensors import CheckpointError
 from o2a_jax.model.config import DenoiserConfig
 from o2a_jax.model.denoiser import Denoiser
+from o2a_jax.vae.strides import LATENT_CHANNELS, SPACE_STRIDE, pixel_frames
 
 HEAD_DIM = 128  # every released Wan2.1 model; heads are not recoverable from shapes alone
 
@@ -92,3 +95,23 @@ def dtype_overrides(dtype) -> dict:
   if name not in ("float32", "bfloat16"):
     raise ValueError(f"dtype must be float32 or bfloat16, got {name}")
   return dict(dtype=name, param_dtype=name)
+
+
+def example_inputs(
+  cfg: DenoiserConfig, *, batch: int = 1, latent_frames: int = 2, height: int = 4, width: int = 6,
+  text_len: int = 3, timestep: float = 700.0, seed: int = 1,
+) -> tuple[jax.Array, ...]:  # fmt: skip
+  """Random denoiser inputs (latents, timestep, text, reference latents, pose video, reference
+  pose) for a (`height`, `width`) latent grid of `latent_frames` frames, pixels in [-1, 1]:
+  for tests and benchmarks that need the shapes, not meaningful values."""
+  k = jax.random.split(jax.random.key(seed), 6)
+  b, t, h, w = batch, latent_frames, height, width
+  hh, ww = SPACE_STRIDE * h, SPACE_STRIDE * w
+  return (
+    jax.random.normal(k[0], (b, t, h, w, LATENT_CHANNELS)),
+    jnp.full((b,), timestep),
+    jax.random.normal(k[1], (b, text_len, cfg.text_dim)),
+    jax.random.normal(k[2], (b, 1, h, w, cfg.ref_in_channels)),
+    jax.random.uniform(k[3], (b, pixel_frames(t), hh, ww, 3), minval=-1, maxval=1),
+    jax.random.uniform(k[4], (b, 1, hh, ww, 3), minval=-1, maxval=1),
+  )
