@@ -12,7 +12,8 @@ nor the denoiser saw), rendered on the fly with exact ground truth. Conditions:
   long         misaligned, --long-frames frames generated as two chunks of --frames (the second
                TokenReplace-conditioned on the last 5 frames of the first)
 
-Methods: the model (official guidance 2.5 / 1.5, --steps Euler steps, shift 7); `copy`: every
+Methods: the model (the demo's sampler: guidance 1 / 1, 20 Euler steps, shift 7, each a flag);
+`vae` (aligned only): the clip's own VAE round trip, the ceiling of the model; `copy`: every
 frame is the reference image; `translate`: the pose-guided translation of the reference
 (`o2a_jax.pose.translate_reference`) onto each driving frame. Ablations (misaligned): `no_ref`:
 the reference and mask replaced by the black image of the training's reference drop, image
@@ -22,7 +23,8 @@ off (the pose branch adds nothing).
 Metrics (`o2a_jax.metrics`): PSNR over all pixels and frames of a clip, SSIM with the
 scikit-image defaults (grayscale, 7x7 uniform window), LPIPS (--lpips, AlexNet by default, [-1,1]
 inputs; weights from the `eval` extra) averaged over frames; means over clips; all frames count,
-the first one included.
+the first one included. The end lists the toy's acceptance checks (issue 17) as PASS/FAIL and
+the JSON holds them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,34 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+
+
+def acceptance(table: dict) -> dict[str, bool]:
+  """The toy's acceptance checks on the mean figures (PSNR dB, SSIM) of `table`."""
+
+  def f(cond, method):
+    return table[cond][method]["psnr_db"], table[cond][method]["ssim"]
+
+  out = {}
+  if "vae" in table["aligned"]:
+    out["VAE round trip >= aligned copy + 3 dB"] = (
+      f("aligned", "vae")[0] >= f("aligned", "copy")[0] + 3.0
+    )
+  for cond in ("misaligned", "long"):
+    m = f(cond, "model")
+    for base in ("copy", "translate"):
+      b = f(cond, base)
+      ok = m[0] >= b[0] + 2 and m[1] >= b[1] + 0.1
+      out[f"{cond}: model >= {base} + 2 dB and + 0.1 SSIM"] = ok
+  m, c = f("aligned", "model"), f("aligned", "copy")
+  out["aligned: model > copy in PSNR and SSIM"] = m[0] > c[0] and m[1] > c[1]
+  mis = table["misaligned"]
+  for ab, drop in (("no_ref", 2.0), ("no_pose", 1.0)):
+    if ab in mis:
+      out[f"ablation {ab} drops PSNR >= {drop:g} dB"] = (
+        mis["model"]["psnr_db"] - mis[ab]["psnr_db"] >= drop
+      )
+  return out
 
 
 def main(argv=None) -> int:
@@ -64,6 +94,21 @@ def main(argv=None) -> int:
     help="misaligned references in front of the clip's scene (same, default) or of an "
     "independent background (new: the figures recorded before this option)",
   )  # fmt: skip
+  p.add_argument(
+    "--image-guidance",
+    type=float,
+    default=E.IMAGE_GUIDANCE,
+    help=f"reference CFG scale (default {E.IMAGE_GUIDANCE}, the demo's)",
+  )
+  p.add_argument(
+    "--pose-guidance",
+    type=float,
+    default=E.POSE_GUIDANCE,
+    help=f"pose CFG scale (default {E.POSE_GUIDANCE}, the demo's)",
+  )
+  p.add_argument(
+    "--shift", type=float, default=E.SHIFT, help=f"sampling shift (default {E.SHIFT}, the demo's)"
+  )
   p.add_argument("--json", default=None, help="write the figures here")
   args = p.parse_args(argv)
   if args.long_frames <= args.frames:
@@ -94,7 +139,8 @@ def main(argv=None) -> int:
     add(cond, "copy", np.broadcast_to(image, gt.shape).copy(), gt)
     add(cond, "translate", E.translate_baseline(image, ref_pose, driving, len(gt)), gt)
 
-  gen = dict(chunk=args.frames, steps=args.steps, progress=False)
+  gen = dict(chunk=args.frames, steps=args.steps, shift=args.shift, progress=False)
+  guide = dict(image_guidance=args.image_guidance, pose_guidance=args.pose_guidance)
   for k in range(args.cases):
     t0 = time.perf_counter()
     full = E.heldout_case(
@@ -104,18 +150,21 @@ def main(argv=None) -> int:
                          full.ref_kp133, full.meta)  # fmt: skip
     gt = short.frames
     inp, image, rp, drv = E.prepare_case(short, aligned=True)
-    add("aligned", "model", E.animate(model, vae, inp, **gen), gt)
+    add("aligned", "model", E.animate(model, vae, inp, **guide, **gen), gt)
     baselines("aligned", image, rp, drv, gt)
+    add("aligned", "vae", E.vae_round_trip(vae, gt), gt)
     inp, image, rp, drv = E.prepare_case(short, aligned=False)
-    add("misaligned", "model", E.animate(model, vae, inp, **gen), gt)
+    add("misaligned", "model", E.animate(model, vae, inp, **guide, **gen), gt)
     baselines("misaligned", image, rp, drv, gt)
     if not args.no_ablations:
-      v = E.animate(model, vae, inp, drop_reference=True, image_guidance=1.0, **gen)
+      v = E.animate(model, vae, inp, drop_reference=True, image_guidance=1.0,
+                    pose_guidance=args.pose_guidance, **gen)  # fmt: skip
       add("misaligned", "no_ref", v, gt)
-      v = E.animate(model, vae, inp, pose_scale=0.0, pose_guidance=1.0, **gen)
+      v = E.animate(model, vae, inp, pose_scale=0.0, pose_guidance=1.0,
+                    image_guidance=args.image_guidance, **gen)  # fmt: skip
       add("misaligned", "no_pose", v, gt)
     inp, image, rp, drv = E.prepare_case(full, aligned=False)
-    add("long", "model", E.animate(model, vae, inp, **gen), full.frames)
+    add("long", "model", E.animate(model, vae, inp, **guide, **gen), full.frames)
     baselines("long", image, rp, drv, full.frames)
     m = full.meta
     print(
@@ -150,12 +199,17 @@ def main(argv=None) -> int:
         f"ablation {ab}: PSNR {mis[ab]['psnr_db'] - mis['model']['psnr_db']:+.2f} dB, "
         f"SSIM {mis[ab]['ssim'] - mis['model']['ssim']:+.4f} vs the model"
       )
+  checks = acceptance(table)
+  print("acceptance (issue 17):")
+  for name, ok in checks.items():
+    print(f"  {'PASS' if ok else 'FAIL'}  {name}")
   seconds = time.perf_counter() - t_all
   print(f"total {seconds:.0f} s")
   if args.json:
     out = {
       "args": vars(args),
       "table": table,
+      "acceptance": checks,
       "per_case": {c: {m: v for m, v in ms.items()} for c, ms in scores.items()},
       "seconds": seconds,
     }

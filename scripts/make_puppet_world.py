@@ -38,14 +38,24 @@ def main(argv=None) -> int:
     help="background of misaligned references: the target's scene (same, default) or an "
     "independent one (new, the worlds made before this option)",
   )  # fmt: skip
-  args = p.parse_args(argv)
-  cfg = WorldConfig(
-    seed=args.seed, videos=args.videos, images=args.images, heldout=args.heldout,
-    height=args.size, width=args.size, frames=args.frames, fps=args.fps, puppets=args.puppets,
-    heldout_frames=args.heldout_frames, reference_background=args.reference_background,
+  p.add_argument(
+    "--backgrounds", default="solid,gradient,floor",
+    help="comma-separated background kinds (default solid,gradient,floor; all: "
+    "solid,gradient,floor,stripes,checker,blobs, the worlds before this option)",
   )  # fmt: skip
+  p.add_argument(
+    "--thickness", type=float, default=1.6,
+    help="puppet part thickness multiplier (default 1.6; 1.0: the worlds before this option)",
+  )  # fmt: skip
+  args = p.parse_args(argv)
   t0 = time.perf_counter()
   try:
+    cfg = WorldConfig(
+      backgrounds=tuple(k for k in args.backgrounds.split(",") if k), thickness=args.thickness,
+      seed=args.seed, videos=args.videos, images=args.images, heldout=args.heldout,
+      height=args.size, width=args.size, frames=args.frames, fps=args.fps, puppets=args.puppets,
+      heldout_frames=args.heldout_frames, reference_background=args.reference_background,
+    )  # fmt: skip
     summary = write_world(cfg, args.out)
   except (ValueError, FileExistsError) as e:
     print(f"make_puppet_world: error: {e}", file=sys.stderr)

@@ -55,43 +55,27 @@ def _run(cmd: list[str]) -> float:
   return time.perf_counter() - t0
 
 
-def config_arg(stage: int, vae: str) -> str:
-  return f"model=tiny,puppet,stage={stage}" + (f",vae={vae}" if vae else "")
+def config_arg(stage: int, vae: str, small: bool = False) -> str:
+  small_arg = ",small" if small else ""
+  return f"model=tiny,puppet,stage={stage}{small_arg}" + (f",vae={vae}" if vae else "")
 
 
-def stage_config(arg: str, overrides: list[str]):
-  """The `o2a train` config `arg` with `--config.a.b=v` overrides applied (for export)."""
+def stage_model_config(arg: str) -> dict:
+  """The attention head layout of the `o2a train` config `arg` (the official layout stores no
+  head count: `load_official` needs it for any but the default)."""
   from o2a_jax.config_lib import load_config_file
 
-  c = load_config_file(pathlib.Path(__file__).resolve().parents[1] / "configs" / "o2a.py", arg)
-  for o in overrides:
-    key, _, value = o.removeprefix("--config.").partition("=")
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    old = node[leaf]
-    node[leaf] = type(old)(value) if not isinstance(old, bool) else value == "True"
-  return c
+  c = load_config_file(REPO / "configs" / "o2a.py", arg)
+  return {"num_heads": int(c.model.num_heads), "head_dim": int(c.model.head_dim)}
 
 
-def export_stage(arg: str, overrides: list[str], workdir: pathlib.Path, out: pathlib.Path):
-  """Last checkpoint of a stage's run -> official safetensors folder `out` (+ loss history)."""
+def export_stage(workdir: pathlib.Path, out: pathlib.Path, ema: bool) -> int:
+  """Last checkpoint of a stage's run (its EMA parameters when `ema`) -> official safetensors
+  folder `out` (what `o2a convert run WORKDIR OUT [--ema]` writes); returns its step."""
   from o2a_jax.convert import save_official
-  from o2a_jax.train import checkpoints as ckpt_lib
-  from o2a_jax.train import step as step_lib
-  from o2a_jax.train import trainer
+  from o2a_jax.train import export
 
-  config = stage_config(arg, overrides)
-  config.init.checkpoint = ""  # the template only needs shapes; the checkpoint fills it
-  s = trainer.setup(config)
-  ckpts = ckpt_lib.Checkpoints(workdir / "checkpoints", keep=2, async_save=False)
-  step = ckpts.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
-  state = ckpts.restore(s.state, None, step=step)
-  ckpts.close()
-  model = step_lib.merge_model(s.graphs, state)
+  model, _, step = export.load_run(workdir, ema=ema)
   if out.exists():
     shutil.rmtree(out)
   save_official(model, out)
@@ -136,8 +120,20 @@ def main(argv=None) -> int:
   )
   p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps of every stage")
   p.add_argument("--batch", type=int, default=4, help="global batch (default 4)")
+  p.add_argument(
+    "--schedule", choices=("constant", "cosine"), default="constant",
+    help="learning rate after the warm-up: constant (default) or cosine decay to 0 over the stage",
+  )  # fmt: skip
+  p.add_argument(
+    "--ema", type=float, default=0.0,
+    help="EMA decay of the parameters (0: none, default); with it each stage exports its EMA",
+  )  # fmt: skip
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--vae", default="", help="VAE folder (default: assets/puppet_vae)")
+  p.add_argument(
+    "--small", action="store_true",
+    help="the `small` model (2 blocks x 64 wide; the end-to-end test's, seconds per stage)",
+  )  # fmt: skip
   args = p.parse_args(argv)
   steps = [int(x) for x in args.steps.split(",")]
   lrs = [float(x) for x in args.lr.split(",")]
@@ -174,15 +170,20 @@ def main(argv=None) -> int:
       "--config.train.log_every=5",
       f"--config.train.trainable={trainable[i]}",
     ]
+    if args.schedule == "cosine":
+      overrides += ["--config.optim.schedule=cosine_with_warmup",
+                    f"--config.optim.total_steps={steps[i]}"]  # fmt: skip
+    if args.ema:
+      overrides.append(f"--config.optim.ema_decay={args.ema}")
     if prev:
       overrides.append(f"--config.init.checkpoint={prev}")
     wd = work / f"stage{stage}"
-    arg = config_arg(stage, vae)
+    arg = config_arg(stage, vae, args.small)
     cmd = o2a_train + [f"--config=configs/o2a.py:{arg}", f"--workdir={wd}", *overrides]
     train_s = _run(cmd)
     t0 = time.perf_counter()
     export = work / f"stage{stage}_export"
-    last = export_stage(arg, overrides, wd, export)
+    last = export_stage(wd, export, ema=bool(args.ema))
     export_s = time.perf_counter() - t0
     losses = tb_losses(wd)
     stages.append(
@@ -209,7 +210,10 @@ def main(argv=None) -> int:
   shutil.copytree(prev, tmp)
   (tmp / "training.json").write_text(json.dumps(log, indent=1))
   # The VAE whose latent space the model learned: `o2a demo` and the evaluation check it.
-  from o2a_jax.puppet.evaluate import VAE_DIR, VAE_HASH_FILE, vae_sha256
+  from o2a_jax.puppet.evaluate import HEADS_FILE, VAE_DIR, VAE_HASH_FILE, vae_sha256
+
+  model_cfg = stage_model_config(config_arg(3, vae, args.small))
+  (tmp / HEADS_FILE).write_text(json.dumps(model_cfg) + "\n")
 
   vae_dir = pathlib.Path(vae or VAE_DIR)
   (tmp / VAE_HASH_FILE).write_text(

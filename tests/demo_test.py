@@ -4,6 +4,7 @@ loss falls), the evaluation metrics, and `o2a demo` with the shipped weights."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import jax
@@ -66,7 +67,7 @@ def test_demo_writes_its_files(tmp_path, capsys):
   args = ["demo", "--out", str(out), "--frames", "9", "--chunk", "9", "--steps", "2", "--quiet"]
   assert main(args) == 0
   for name in ("result.gif", "result.mp4", "side_by_side.gif", "side_by_side.mp4",
-               "reference.png", "metrics.json"):  # fmt: skip
+               "reference.png", "strip.png", "metrics.json"):  # fmt: skip
     assert (out / name).stat().st_size > 0, name
   metrics = json.loads((out / "metrics.json").read_text())["metrics"]
   assert np.isfinite(metrics["model"]["psnr_db"]) and -1 <= metrics["model"]["ssim"] <= 1
@@ -87,3 +88,39 @@ def test_model_refuses_another_vae(tmp_path):
   (tmp_path / E.VAE_HASH_FILE).write_text("0" * 64 + "\n")
   with pytest.raises(ValueError, match="not the one the denoiser"):
     E.check_vae_hash(tmp_path, E.VAE_DIR)
+
+
+def test_toy_trains_then_demo_runs_on_it(tmp_path, capsys, monkeypatch):
+  """The toy's whole recipe at test size: a puppet world, `scripts/train_puppet_model.py` (data
+  build, `o2a train` stages 1-3 in child processes, official-layout exports), then `o2a demo` on
+  the trained model with the VAE it was trained with."""
+  import importlib.util
+
+  from o2a_jax.cli import main
+  from o2a_jax.puppet.world import WorldConfig, write_world
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  spec = importlib.util.spec_from_file_location("tpm", root / "scripts" / "train_puppet_model.py")
+  tpm = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tpm)
+  world = tmp_path / "world"
+  cfg = WorldConfig(seed=7, videos=3, images=1, heldout=1, frames=24, supersample=1)
+  write_world(cfg, world, progress=False)
+  model = tmp_path / "model"
+  # The `o2a train` children see one CPU device, as on a user's machine (the suite's eight
+  # simulated ones would not divide the batch of 2).
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  monkeypatch.setenv("XLA_FLAGS", " ".join(f for f in flags if "device_count" not in f))
+  argv = ["--world", str(world), "--workdir", str(tmp_path / "run"), "--out", str(model),
+          "--steps", "2,2,2", "--batch", "2", "--warmup", "0", "--small"]  # fmt: skip
+  assert tpm.main(argv) == 0
+  log = json.loads((model / "training.json").read_text())
+  assert [s["steps"] for s in log["stages"]] == [2, 2, 2]
+  assert all(np.isfinite(s["loss_last"][1]) for s in log["stages"])
+  out = tmp_path / "demo"
+  args = ["demo", "--model", str(model), "--out", str(out), "--frames", "9", "--chunk", "9",
+          "--steps", "2", "--scale", "2", "--quiet"]  # fmt: skip
+  assert main(args) == 0
+  metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+  assert np.isfinite(metrics["model"]["psnr_db"])
+  assert "PSNR" in capsys.readouterr().out

@@ -163,3 +163,50 @@ def test_bad_config_raises():
     WorldConfig(height=60)
   with pytest.raises(ValueError, match="unknown motion"):
     make_motion("jump", np.random.default_rng(0), 4, 16.0)
+
+
+def test_world_backgrounds_and_thickness():
+  """`backgrounds` limits the scene kinds drawn; `thickness` scales every puppet's parts (more
+  painted pixels), and both refuse bad values by name."""
+  from o2a_jax.puppet.spec import BACKGROUNDS
+  from o2a_jax.puppet.world import puppet
+
+  smooth = WorldConfig(seed=2, frames=9)
+  kinds = {make_video(smooth, k).meta["background"]["kind"] for k in range(12)}
+  assert kinds <= {"solid", "gradient", "floor"} and len(kinds) > 1, kinds
+  every = WorldConfig(seed=2, frames=9, backgrounds=BACKGROUNDS)
+  assert {make_video(every, k).meta["background"]["kind"] for k in range(24)} - kinds
+  thin = WorldConfig(seed=2, frames=9, thickness=1.0)
+  assert puppet(smooth, 0).thickness == pytest.approx(1.6 * puppet(thin, 0).thickness)
+  a, b = make_video(smooth, 0), make_video(thin, 0)
+  assert (a.labels > 0).sum() > 1.1 * (b.labels > 0).sum()  # limbs and torso; not the head
+  with pytest.raises(ValueError, match="backgrounds"):
+    WorldConfig(backgrounds=("solid", "marble"))
+  with pytest.raises(ValueError, match="thickness"):
+    WorldConfig(thickness=0.0)
+
+
+def test_viewing_pose_drawing_is_connected():
+  """The demo's pose pictures (`pose.render.viewing`): the body skeleton of a 64-px frame drawn at
+  256 px is one connected figure, where the official 64-px drawing (model input) falls apart into
+  dots and bars."""
+  import cv2
+
+  from o2a_jax.inference.prepare import Poses, driving_dicts
+  from o2a_jax.pose import render
+  from o2a_jax.pose.render import viewing
+
+  clip = make_video(WorldConfig(seed=4, frames=9, backgrounds=("solid",)), 2)
+  pose = driving_dicts(Poses(kp133=clip.kp133[:1].astype(np.float32), width=64, height=64), 64, 64)
+  p = pose[0]
+  body = dict(p, hands_score=np.zeros_like(p["hands_score"]), faces=None, faces_score=None)
+
+  def pieces(img):
+    return cv2.connectedComponents((img.max(-1) > 40).astype(np.uint8), connectivity=8)[0] - 1
+
+  view = viewing(body, 256, 256)
+  assert view.shape == (256, 256, 3)
+  assert pieces(view) == 1, pieces(view)
+  assert pieces(render(body, 64, 64)) > 3
+  with pytest.raises(ValueError, match="canvas_short_side"):
+    render(body, 64, 64, canvas_short_side=0)

@@ -11,6 +11,7 @@ poses), so the demo reports PSNR and SSIM of the result against it, next to two 
 
   result.gif, result.mp4          the animation (upscaled x--scale for viewing)
   side_by_side.gif/.mp4           [driving pose | result | ground truth]
+  strip.png                       the reference, then five frames as [pose; result; ground truth]
   reference.png                   the reference image the model was given
   metrics.json                    the figures printed at the end
 
@@ -29,8 +30,9 @@ import time
 import numpy as np
 
 from o2a_jax.io.output_paths import check_output
-from o2a_jax.metrics import pixels
+from o2a_jax.puppet import evaluate as E  # JAX-free at import: `o2a --help` stays light
 
+STRIP_FRAMES = 5  # frames in strip.png
 DEFAULT_INDEX = 15  # held-out clip: a walking full-body puppet driven from a half-body still
 
 
@@ -45,9 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--index", type=int, default=DEFAULT_INDEX, help="held-out clip 0-15")
   p.add_argument("--frames", type=int, default=29, help="frames to animate (default 29)")
   p.add_argument("--chunk", type=int, default=17, help="frames per chunk, 4k+1 >= 9 (17)")
-  p.add_argument("--steps", type=int, default=20, help="Euler steps per chunk (default 20)")
-  p.add_argument("--image-guidance", type=float, default=2.5, help="reference CFG (2.5)")
-  p.add_argument("--pose-guidance", type=float, default=1.5, help="pose CFG (1.5)")
+  p.add_argument("--steps", type=int, default=E.STEPS, help=f"Euler steps per chunk ({E.STEPS})")
+  p.add_argument("--shift", type=float, default=E.SHIFT, help=f"sampling shift ({E.SHIFT:g})")
+  p.add_argument("--image-guidance", type=float, default=E.IMAGE_GUIDANCE,
+                 help=f"reference CFG ({E.IMAGE_GUIDANCE:g})")  # fmt: skip
+  p.add_argument("--pose-guidance", type=float, default=E.POSE_GUIDANCE,
+                 help=f"pose CFG ({E.POSE_GUIDANCE:g})")  # fmt: skip
   p.add_argument("--aligned", action="store_true", help="use the clip's first frame as reference")
   p.add_argument("--scale", type=int, default=4, help="upscale factor of the written videos (4)")
   p.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
@@ -62,9 +67,48 @@ def _up(video: np.ndarray, k: int) -> np.ndarray:
   return video if k == 1 else video.repeat(k, axis=-3).repeat(k, axis=-2)
 
 
+def viewing_poses(poses: list[dict], height: int, width: int, k: int) -> np.ndarray:
+  """The driving poses drawn for people at k times the frame size, uint8 (F,kH,kW,3) (the
+  model's own 64-px drawing is broken dots and bars once upscaled: `pose.render.viewing`)."""
+  from o2a_jax.pose.render import viewing
+
+  return np.stack([viewing(p, height * k, width * k) for p in poses])
+
+
+def _label(img: np.ndarray, text: str, top: int, k: int, above: bool = True) -> None:
+  """Writes `text` in black on white near the top of the row starting at pixel `top` (in place;
+  on the reference itself a white box behind it)."""
+  import cv2
+
+  scale = 0.12 * k
+  (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+  x, y = 2 * k, top + 2 * k + th
+  if above:
+    img[top : y + base + k, : x + tw + 2 * k] = 255
+  cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def strip(image, driving, video, gt, k: int, n: int = STRIP_FRAMES) -> np.ndarray:
+  """A still of the demo, uint8: the reference, then `n` evenly spaced frames as columns of
+  [driving pose; result; ground truth], at k times the frame size."""
+  f, h, w = video.shape[:3]
+  idx = np.linspace(0, f - 1, n).round().astype(int)
+  pad = np.full((k * h, 2 * k, 3), 255, np.uint8)
+  ref = np.concatenate([_up(image[None], k)[0], np.full((2 * k * h, k * w, 3), 255, np.uint8)])
+  _label(ref, "reference", 0, k)
+  _label(ref, "result", k * h, k, above=False)
+  _label(ref, "ground truth", 2 * k * h, k, above=False)
+  cols = [ref]
+  poses = viewing_poses([driving[i] for i in idx], h, w, k)
+  for j, i in enumerate(idx):
+    col = np.concatenate([poses[j], _up(video[i][None], k)[0], _up(gt[i][None], k)[0]])
+    cols += [np.concatenate([pad] * 3), col]
+  return np.concatenate(cols, axis=1)
+
+
 def run(args) -> int:
   from o2a_jax.io import video as video_io
-  from o2a_jax.puppet import evaluate as E
+  from o2a_jax.metrics import pixels
 
   if args.frames < 9:
     raise ValueError(f"--frames must be at least 9, got {args.frames}")
@@ -97,7 +141,7 @@ def run(args) -> int:
 
   t0 = time.perf_counter()
   video = E.animate(
-    model, vae, inputs, chunk=args.chunk, steps=args.steps,
+    model, vae, inputs, chunk=args.chunk, steps=args.steps, shift=args.shift,
     image_guidance=args.image_guidance, pose_guidance=args.pose_guidance, seed=args.seed,
     progress=progress,
   )  # fmt: skip
@@ -114,12 +158,15 @@ def run(args) -> int:
 
   fps = float(case.meta.get("fps", 16.0))
   k = args.scale
+  both = video_io.side_by_side(viewing_poses(driving[: len(video)], *gt.shape[1:3], k),
+                               _up(video, k), _up(gt, k))  # fmt: skip
   files = {
     "result.gif": _up(video, k),
     "result.mp4": _up(video, k),
-    "side_by_side.gif": _up(video_io.side_by_side(inputs.poses, video, gt), k),
-    "side_by_side.mp4": _up(video_io.side_by_side(inputs.poses, video, gt), k),
+    "side_by_side.gif": both,
+    "side_by_side.mp4": both,
     "reference.png": _up(image[None], k),
+    "strip.png": strip(image, driving, video, gt, k)[None],
   }
   out.mkdir(parents=True, exist_ok=True)  # only now: an early error leaves no empty folder
   for name, frames in files.items():
@@ -130,6 +177,7 @@ def run(args) -> int:
     "frames": args.frames,
     "chunk": args.chunk,
     "steps": args.steps,
+    "shift": args.shift,
     "image_guidance": args.image_guidance,
     "pose_guidance": args.pose_guidance,
     "seed": args.seed,

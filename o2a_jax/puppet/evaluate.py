@@ -18,14 +18,20 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-import jax.numpy as jnp
-import numpy as np
+import numpy as np  # JAX is imported inside the functions: `o2a demo --help` stays light
 
 REPO = pathlib.Path(__file__).resolve().parents[2]  # o2a_jax/puppet/evaluate.py -> the repository
 MODEL_DIR = REPO / "assets" / "puppet_model"
 VAE_DIR = REPO / "assets" / "puppet_vae"  # the VAE whose latent space the denoiser learned
 VAE_HASH_FILE = "vae_sha256.txt"  # in the model folder: sha256 of the VAE weights it was trained on
 TEXT_LEN = 7  # the `puppet` config's empty-prompt embedding: zeros of (7, text_dim)
+# The toy's sampler settings (the demo's and the evaluation's defaults). Guidance off (1 / 1): the
+# official 2.5 / 1.5 oversaturate this small model; assets/puppet_model/README.md has the
+# comparison that chose these.
+STEPS = 20
+SHIFT = 7.0
+IMAGE_GUIDANCE = 1.0
+POSE_GUIDANCE = 1.0
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -34,6 +40,8 @@ TEXT_LEN = 7  # the `puppet` config's empty-prompt embedding: zeros of (7, text_
 def load_puppet_models(model_dir=MODEL_DIR, vae_dir=VAE_DIR):
   """(denoiser, VAE) float32 from the shipped folders (or the given ones); the VAE carries its
   own latent statistics (config.json), as in training."""
+  import jax.numpy as jnp
+
   from o2a_jax.convert import load_official, load_vae
   from o2a_jax.convert.vae import read_latent_stats
 
@@ -44,9 +52,24 @@ def load_puppet_models(model_dir=MODEL_DIR, vae_dir=VAE_DIR):
         "(assets/puppet_model/README.md has the commands that rebuild it)"
       )
   check_vae_hash(model_dir, vae_dir)
-  model = load_official(model_dir, dtype=jnp.float32)
+  model = load_official(model_dir, dtype=jnp.float32, **head_layout(model_dir))
   read_latent_stats(vae_dir)  # a clear error when the VAE lacks its statistics
   return model, load_vae(vae_dir, dtype=jnp.float32)
+
+
+HEADS_FILE = "heads.json"  # in the model folder: {"num_heads", "head_dim"} (shapes cannot say)
+
+
+def head_layout(model_dir) -> dict:
+  """The attention head layout a model folder records (`HEADS_FILE`), else {} (the default that
+  `load_official` infers from the shapes, the shipped toy's)."""
+  import json
+
+  path = pathlib.Path(model_dir) / HEADS_FILE
+  if not path.is_file():
+    return {}
+  d = json.loads(path.read_text())
+  return {"num_heads": int(d["num_heads"]), "head_dim": int(d["head_dim"])}
 
 
 def vae_sha256(vae_dir) -> str:
@@ -136,6 +159,16 @@ def translate_baseline(image, ref_pose: dict, driving: list[dict], frames: int) 
   return np.stack([translate_reference(image, ref_pose, d)[0] for d in driving[:frames]])
 
 
+def vae_round_trip(vae, frames: np.ndarray) -> np.ndarray:
+  """decode(encode(frames)) of a uint8 (F,H,W,3) clip as uint8: the ceiling of anything the
+  denoiser produces in this VAE's latent space."""
+  from o2a_jax.puppet.vae_train import reconstruct
+
+  x = frames[None].astype(np.float32) / 127.5 - 1.0
+  y = np.asarray(reconstruct(vae, x))[0]
+  return np.clip(np.round((y + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 # --- sampling ------------------------------------------------------------------------------------
 
 
@@ -145,10 +178,10 @@ def animate(
   inputs,
   *,
   chunk: int = 17,
-  steps: int = 20,
-  shift: float = 7.0,
-  image_guidance: float = 2.5,
-  pose_guidance: float = 1.5,
+  steps: int = STEPS,
+  shift: float = SHIFT,
+  image_guidance: float = IMAGE_GUIDANCE,
+  pose_guidance: float = POSE_GUIDANCE,
   pose_scale: float = 1.0,
   drop_reference: bool = False,
   seed: int = 42,

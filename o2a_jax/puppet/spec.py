@@ -212,8 +212,12 @@ class Background:
   seed: int  # blobs positions
 
   @staticmethod
-  def sample(rng: np.random.Generator) -> Background:
-    kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+  def sample(rng: np.random.Generator, kinds: tuple[str, ...] = BACKGROUNDS) -> Background:
+    """A background of one of `kinds` (all of `BACKGROUNDS` by default)."""
+    unknown = set(kinds) - set(BACKGROUNDS)
+    if not kinds or unknown:
+      raise ValueError(f"background kinds must be a non-empty subset of {BACKGROUNDS}, got {kinds}")
+    kind = kinds[int(rng.integers(len(kinds)))]
     c1 = _color(rng, s=(0.05, 0.6), v=(0.3, 0.95))
     return Background(
       kind=kind,

@@ -55,7 +55,7 @@ from o2a_jax.io.output_paths import publish_mode
 from o2a_jax.puppet import draw as D
 from o2a_jax.puppet import skeleton as S
 from o2a_jax.puppet.motion import MOTIONS, make_motion, still
-from o2a_jax.puppet.spec import Background, Framing, PuppetSpec
+from o2a_jax.puppet.spec import BACKGROUNDS, Background, Framing, PuppetSpec
 
 VIDEO_COLUMNS = (
   "path", "pose_path", "height", "width", "fps", "num_frames", "start_frame", "end_frame",
@@ -88,8 +88,23 @@ class WorldConfig:
   # target's background is recoverable from the reference); "new" = an independent one, as the
   # worlds before this option (the background is then unknowable from the reference).
   reference_background: str = "same"
+  # Background kinds drawn (`spec.BACKGROUNDS`); the default keeps the smooth ones (solid,
+  # gradient, floor), which the 8x-compressing toy VAE can reproduce, so that what the toy must
+  # learn is the puppet, not texture. `spec.BACKGROUNDS` gives every kind (the worlds before).
+  backgrounds: tuple[str, ...] = ("solid", "gradient", "floor")
+  # Multiplies every puppet's limb and torso thickness: thicker parts survive the VAE's 8x8
+  # cells at 64 px (1.0: the worlds before this option).
+  thickness: float = 1.6
 
   def __post_init__(self):
+    object.__setattr__(self, "backgrounds", tuple(self.backgrounds))
+    unknown = set(self.backgrounds) - set(BACKGROUNDS)
+    if not self.backgrounds or unknown:
+      raise ValueError(
+        f"world: backgrounds must be a non-empty subset of {BACKGROUNDS}, got {self.backgrounds}"
+      )
+    if not 0.25 <= self.thickness <= 4.0:
+      raise ValueError(f"world: thickness must be in [0.25, 4], got {self.thickness}")
     for name in ("videos", "images", "heldout", "puppets", "heldout_puppets"):
       if getattr(self, name) < 0:
         raise ValueError(f"world: {name} must be >= 0, got {getattr(self, name)}")
@@ -123,7 +138,8 @@ def _rng(cfg: WorldConfig, kind: int, k: int) -> np.random.Generator:
 
 def puppet(cfg: WorldConfig, k: int, heldout: bool = False) -> PuppetSpec:
   """Identity k of the training (or held-out) puppets."""
-  return PuppetSpec.sample(_rng(cfg, _HELD_PUPPET if heldout else _PUPPET, k))
+  spec = PuppetSpec.sample(_rng(cfg, _HELD_PUPPET if heldout else _PUPPET, k))
+  return dataclasses.replace(spec, thickness=spec.thickness * cfg.thickness)
 
 
 @dataclasses.dataclass
@@ -178,7 +194,7 @@ def make_video(cfg: WorldConfig, k: int, heldout: bool = False) -> Clip:
   n = cfg.heldout_frames if heldout and cfg.heldout_frames else cfg.frames
   angles = make_motion(motion, rng, n, cfg.fps)
   framing = Framing.sample(rng)
-  background = Background.sample(rng)
+  background = Background.sample(rng, cfg.backgrounds)
   clip = render_clip(
     spec,
     angles,
@@ -198,7 +214,7 @@ def make_video(cfg: WorldConfig, k: int, heldout: bool = False) -> Clip:
       spec,
       pose,
       ref_framing,
-      background if cfg.reference_background == "same" else Background.sample(rng),
+      background if cfg.reference_background == "same" else Background.sample(rng, cfg.backgrounds),
       cfg.height,
       cfg.width,
       supersample=cfg.supersample,
@@ -221,7 +237,7 @@ def make_image_pair(cfg: WorldConfig, k: int) -> tuple[Clip, Clip]:
   poses, backgrounds = [], []
   for _ in range(2):
     poses.append(still(rng))
-    backgrounds.append(Background.sample(rng))
+    backgrounds.append(Background.sample(rng, cfg.backgrounds))
   if cfg.reference_background == "same":
     backgrounds[0] = backgrounds[1]
   out = []

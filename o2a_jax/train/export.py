@@ -66,7 +66,11 @@ def load_run(
       )
   else:
     config.init.checkpoint = ""  # the checkpoint holds every parameter; the template is shapes
-  config.vae.path = ""  # the VAE is not exported (and need not be on this machine)
+  if not (config.vae.path and pathlib.Path(config.vae.path).is_dir()):
+    # The VAE is not exported and need not be on this machine, but a full run's checkpoint holds
+    # it, so the template needs its shapes: the run's own folder where it is here (a VAE of
+    # another architecture, the puppet toy's), else the default one of this model size.
+    config.vae.path = ""
   config.train.mesh_shape = (1, -1, 1, 1)
   if "mesh_shape" in config:
     config.mesh_shape = config.train.mesh_shape
