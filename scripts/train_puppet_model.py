@@ -60,26 +60,19 @@ def config_arg(stage: int, vae: str, small: bool = False) -> str:
   return f"model=tiny,puppet,stage={stage}{small_arg}" + (f",vae={vae}" if vae else "")
 
 
-def stage_model_config(arg: str) -> dict:
-  """The attention head layout of the `o2a train` config `arg` (the official layout stores no
-  head count: `load_official` needs it for any but the default)."""
-  from o2a_jax.config_lib import load_config_file
-
-  c = load_config_file(REPO / "configs" / "o2a.py", arg)
-  return {"num_heads": int(c.model.num_heads), "head_dim": int(c.model.head_dim)}
-
-
-def export_stage(workdir: pathlib.Path, out: pathlib.Path, ema: bool) -> int:
+def export_stage(workdir: pathlib.Path, out: pathlib.Path, ema: bool) -> tuple[int, dict]:
   """Last checkpoint of a stage's run (its EMA parameters when `ema`) -> official safetensors
-  folder `out` (what `o2a convert run WORKDIR OUT [--ema]` writes); returns its step."""
+  folder `out` (what `o2a convert run WORKDIR OUT [--ema]` writes); returns its step and the
+  model's attention head layout (the official layout stores no head count, and `load_official`
+  needs it for any but the default)."""
   from o2a_jax.convert import save_official
   from o2a_jax.train import export
 
-  model, _, step = export.load_run(workdir, ema=ema)
+  model, config, step = export.load_run(workdir, ema=ema)
   if out.exists():
     shutil.rmtree(out)
   save_official(model, out)
-  return step
+  return step, {"num_heads": int(config.model.num_heads), "head_dim": int(config.model.head_dim)}
 
 
 def tb_losses(workdir: pathlib.Path) -> list[tuple[int, float]]:
@@ -183,7 +176,7 @@ def main(argv=None) -> int:
     train_s = _run(cmd)
     t0 = time.perf_counter()
     export = work / f"stage{stage}_export"
-    last = export_stage(wd, export, ema=bool(args.ema))
+    last, heads = export_stage(wd, export, ema=bool(args.ema))
     export_s = time.perf_counter() - t0
     losses = tb_losses(wd)
     stages.append(
@@ -212,8 +205,7 @@ def main(argv=None) -> int:
   # The VAE whose latent space the model learned: `o2a demo` and the evaluation check it.
   from o2a_jax.puppet.evaluate import HEADS_FILE, VAE_DIR, VAE_HASH_FILE, vae_sha256
 
-  model_cfg = stage_model_config(config_arg(3, vae, args.small))
-  (tmp / HEADS_FILE).write_text(json.dumps(model_cfg) + "\n")
+  (tmp / HEADS_FILE).write_text(json.dumps(heads) + "\n")
 
   vae_dir = pathlib.Path(vae or VAE_DIR)
   (tmp / VAE_HASH_FILE).write_text(

@@ -162,11 +162,11 @@ def translate_baseline(image, ref_pose: dict, driving: list[dict], frames: int) 
 def vae_round_trip(vae, frames: np.ndarray) -> np.ndarray:
   """decode(encode(frames)) of a uint8 (F,H,W,3) clip as uint8: the ceiling of anything the
   denoiser produces in this VAE's latent space."""
+  from o2a_jax.inference.prepare import to_model_range
+  from o2a_jax.io.video import to_uint8
   from o2a_jax.puppet.vae_train import reconstruct
 
-  x = frames[None].astype(np.float32) / 127.5 - 1.0
-  y = np.asarray(reconstruct(vae, x))[0]
-  return np.clip(np.round((y + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  return to_uint8(reconstruct(vae, to_model_range(frames[None]))[0])
 
 
 # --- sampling ------------------------------------------------------------------------------------

@@ -202,6 +202,15 @@ class PuppetSpec:
 BACKGROUNDS = ("solid", "gradient", "floor", "stripes", "checker", "blobs")
 
 
+def check_background_kinds(kinds, what: str = "background kinds") -> tuple[str, ...]:
+  """`kinds` as a tuple; ValueError naming `what` and them unless a non-empty subset of
+  `BACKGROUNDS`."""
+  kinds = tuple(kinds)
+  if not kinds or set(kinds) - set(BACKGROUNDS):
+    raise ValueError(f"{what} must be a non-empty subset of {BACKGROUNDS}, got {kinds}")
+  return kinds
+
+
 @dataclasses.dataclass(frozen=True)
 class Background:
   kind: str
@@ -214,9 +223,7 @@ class Background:
   @staticmethod
   def sample(rng: np.random.Generator, kinds: tuple[str, ...] = BACKGROUNDS) -> Background:
     """A background of one of `kinds` (all of `BACKGROUNDS` by default)."""
-    unknown = set(kinds) - set(BACKGROUNDS)
-    if not kinds or unknown:
-      raise ValueError(f"background kinds must be a non-empty subset of {BACKGROUNDS}, got {kinds}")
+    kinds = check_background_kinds(kinds)
     kind = kinds[int(rng.integers(len(kinds)))]
     c1 = _color(rng, s=(0.05, 0.6), v=(0.3, 0.95))
     return Background(

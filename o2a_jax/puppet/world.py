@@ -55,7 +55,7 @@ from o2a_jax.io.output_paths import publish_mode
 from o2a_jax.puppet import draw as D
 from o2a_jax.puppet import skeleton as S
 from o2a_jax.puppet.motion import MOTIONS, make_motion, still
-from o2a_jax.puppet.spec import BACKGROUNDS, Background, Framing, PuppetSpec
+from o2a_jax.puppet.spec import Background, Framing, PuppetSpec, check_background_kinds
 
 VIDEO_COLUMNS = (
   "path", "pose_path", "height", "width", "fps", "num_frames", "start_frame", "end_frame",
@@ -97,12 +97,8 @@ class WorldConfig:
   thickness: float = 1.6
 
   def __post_init__(self):
-    object.__setattr__(self, "backgrounds", tuple(self.backgrounds))
-    unknown = set(self.backgrounds) - set(BACKGROUNDS)
-    if not self.backgrounds or unknown:
-      raise ValueError(
-        f"world: backgrounds must be a non-empty subset of {BACKGROUNDS}, got {self.backgrounds}"
-      )
+    kinds = check_background_kinds(self.backgrounds, "world: backgrounds")
+    object.__setattr__(self, "backgrounds", kinds)
     if not 0.25 <= self.thickness <= 4.0:
       raise ValueError(f"world: thickness must be in [0.25, 4], got {self.thickness}")
     for name in ("videos", "images", "heldout", "puppets", "heldout_puppets"):
