@@ -136,7 +136,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # .safetensors (S, text_dim) file, e.g. from `o2a text embed`; "" = zeros of `length` tokens.
   c.text = mlc.ConfigDict(dict(embeds="", length=7 if variant == "tiny" else 226))
 
-  c.vae = mlc.ConfigDict(dict(path="", seed=0, **PRESET_DEFAULTS[variant].vae))
+  c.vae = mlc.ConfigDict(
+    dict(path="", seed=0, temperal_downsample=(False, True, True), **PRESET_DEFAULTS[variant].vae)
+  )
   if arg.small:
     c.vae.base_dim = 8
   c.vae.dim_mult = tuple(c.vae.dim_mult)
@@ -173,6 +175,7 @@ def _puppet(c: mlc.ConfigDict, vae: str) -> None:
   import pathlib
 
   from o2a_jax.convert.vae import read_latent_stats
+  from o2a_jax.io.json_files import read_json
 
   vae = vae or str(pathlib.Path(__file__).resolve().parents[1] / "assets" / "puppet_vae")
   c.vae.path = vae
@@ -180,6 +183,22 @@ def _puppet(c: mlc.ConfigDict, vae: str) -> None:
   # the loaded VAE into training and sampling alike); checked here so a VAE without them fails
   # before any work.
   read_latent_stats(vae)
+  # Its architecture, so that a run's config describes its VAE even where the folder is gone
+  # (`o2a convert run` builds the checkpoint's template from it), and the denoiser's patch: the
+  # pose encoder maps pixels to tokens 16x (`spatial_down`), so patch x VAE stride must be 16
+  # (2 x 8 as released; 4 x 4 for a VAE of three stages).
+  arch = read_json(pathlib.Path(vae) / "config.json", "the puppet VAE's diffusers config")
+  c.vae.base_dim = int(arch["base_dim"])
+  c.vae.dim_mult = tuple(int(u) for u in arch["dim_mult"])
+  c.vae.num_res_blocks = int(arch["num_res_blocks"])
+  c.vae.temperal_downsample = tuple(bool(t) for t in arch["temperal_downsample"])
+  stride = 2 ** (len(c.vae.dim_mult) - 1)
+  down = 2 ** len(c.model.hint_channels)
+  if down % stride:
+    raise ValueError(
+      f"{vae}: a VAE of spatial stride {stride} does not divide the pose encoder's {down}x"
+    )
+  c.model.patch_size = (1, down // stride, down // stride)
   # Training text is always the empty prompt (official condition dropout); here it is zeros of (7,
   # text_dim): no text encoder exists for the toy, and sampling uses the same zeros.
   c.text.embeds = ""

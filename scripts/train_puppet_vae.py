@@ -52,11 +52,25 @@ def main(argv=None) -> int:
   )  # fmt: skip
   p.add_argument("--init", default="", help="continue from this VAE folder (else a fresh init)")
   p.add_argument("--base-dim", type=int, default=d.base_dim)
+  p.add_argument(
+    "--dim-mult", default=",".join(map(str, d.dim_mult)),
+    help="channel multipliers per stage, comma-separated; n stages compress 2^(n-1)x in space "
+    "(1,2,2,2: 8x as Wan2.1; 1,2,2: 4x)",
+  )  # fmt: skip
   p.add_argument("--seed", type=int, default=d.seed)
   p.add_argument("--eval-frames", type=int, default=9, help="frames per held-out clip (4k+1)")
   args = p.parse_args(argv)
   if (args.frames - 1) % 4 or (args.eval_frames - 1) % 4:
     print("train_puppet_vae: error: --frames and --eval-frames must be 4k+1", file=sys.stderr)
+    return 2
+
+  try:
+    dim_mult = tuple(int(u) for u in args.dim_mult.split(","))
+    if min(dim_mult) < 1:
+      raise ValueError("every multiplier must be >= 1")
+    T.temporal_downsample(len(dim_mult) - 1)
+  except ValueError as e:
+    print(f"train_puppet_vae: error: --dim-mult {args.dim_mult!r}: {e}", file=sys.stderr)
     return 2
 
   from o2a_jax.puppet.world import load_gt
@@ -70,7 +84,8 @@ def main(argv=None) -> int:
   videos = [load_gt(f)["frames"] for f in train_files]
   held = [load_gt(f)["frames"][: args.eval_frames] for f in held_files]
   cfg = T.TrainConfig(
-    base_dim=args.base_dim, lr=args.lr, steps=args.steps, batch=args.batch, frames=args.frames,
+    base_dim=args.base_dim, dim_mult=dim_mult, lr=args.lr, steps=args.steps, batch=args.batch,
+    frames=args.frames,
     kl_weight=args.kl_weight, seed=args.seed, b2=args.b2, recon=args.recon,
     sample=not args.no_sample, warmup=args.warmup, consistency=args.consistency,
   )  # fmt: skip
@@ -78,8 +93,12 @@ def main(argv=None) -> int:
     from o2a_jax.convert import load_vae
 
     vae = load_vae(args.init)
-    if vae.cfg.base_dim != cfg.base_dim:
-      print(f"train_puppet_vae: error: --init has base_dim {vae.cfg.base_dim}", file=sys.stderr)
+    if (vae.cfg.base_dim, tuple(vae.cfg.dim_mult)) != (cfg.base_dim, cfg.dim_mult):
+      print(
+        f"train_puppet_vae: error: --init has base_dim {vae.cfg.base_dim}, dim_mult "
+        f"{tuple(vae.cfg.dim_mult)}; give the same --base-dim and --dim-mult",
+        file=sys.stderr,
+      )
       return 2
   else:
     vae = T.new_vae(cfg)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -105,8 +107,9 @@ def test_generate_video_chunks_and_context(monkeypatch, n, official):
     ref_pose=np.zeros((16, 16, 3), np.uint8), poses=poses,
   )  # fmt: skip
   text = np.zeros((4, 16), np.float32)
+  vae = types.SimpleNamespace(cfg=types.SimpleNamespace(spatial_factor=8))  # only its stride read
   video = animate.generate_video(
-    None, None, inputs, text, text, steps=2, reproduce_official=official, progress=False
+    None, vae, inputs, text, text, steps=2, reproduce_official=official, progress=False
   )
   plan = ch.plan_chunks(n, reproduce_official=official)
   assert video.shape == (n, 16, 16, 3) and len(calls) == len(plan)

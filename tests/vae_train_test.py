@@ -170,3 +170,53 @@ def test_still_clip_consistency_term():
   after = T.still_consistency(vae, clips, latents_std=T.latent_stats(vae, clips)[1])
   print(f"still-clip consistency {before:.4f} -> {after:.4f}")
   assert after < 0.5 * before
+
+
+def test_temporal_downsample_pattern():
+  assert T.temporal_downsample(3) == (False, True, True)  # Wan2.1: 8x space, 4x time
+  assert T.temporal_downsample(2) == (True, True)  # 4x space, still 4x time
+  with pytest.raises(ValueError, match="at least 2"):
+    T.temporal_downsample(1)
+
+
+def test_four_x_vae_drives_the_puppet_config_and_sampler(tmp_path):
+  """A VAE of three stages (4x in space) trains, saves, and sets the puppet config's patch to 4
+  (patch x VAE stride = the pose encoder's 16); the denoiser built from that config then samples
+  a chunk through the project's sampler, at the pixel size the 4x latents decode to."""
+  from configs.o2a import get_config
+  from o2a_jax.sampling.chunk import generate_chunk
+  from o2a_jax.train import trainer
+
+  cfg = T.TrainConfig(base_dim=4, dim_mult=(1, 2, 2), lr=3e-3, warmup=1, steps=2, batch=1, frames=5)
+  vae = T.new_vae(cfg)
+  assert vae.cfg.spatial_factor == 4 and vae.cfg.temporal_factor == 4
+  T.train(vae, T.clip_batches(_clips(), cfg.batch, cfg.frames, seed=0), cfg, progress=False)
+  mean, std = T.latent_stats(vae, _clips(2, f=5))
+  folder = save_vae(vae, tmp_path / "vae4", latents_mean=mean, latents_std=std)
+
+  c = get_config(f"model=tiny,puppet,stage=2,small,vae={folder}")
+  assert tuple(c.model.patch_size) == (1, 4, 4)
+  assert tuple(c.vae.dim_mult) == (1, 2, 2) and tuple(c.vae.temperal_downsample) == (True, True)
+  c.vae.path = ""  # the template path of `o2a convert run`: the architecture from the config alone
+  assert trainer.build_vae(c).cfg.spatial_factor == 4
+  model = trainer.build_model(c)  # random init (no init.checkpoint)
+  loaded = load_vae(folder)
+  rng = np.random.default_rng(0)
+  hh = ww = 32
+  out = generate_chunk(
+    model, loaded, rng.integers(0, 256, (hh, ww, 3), dtype=np.uint8), np.zeros((hh, ww)),
+    rng.uniform(-1, 1, (5, hh, ww, 3)), rng.uniform(-1, 1, (1, hh, ww, 3)),
+    np.zeros((7, c.model.text_dim)), np.zeros((7, c.model.text_dim)),
+    rng.normal(size=(2, hh // 4, ww // 4, 16)), steps=1, image_guidance=1.0, pose_guidance=1.0,
+  )  # fmt: skip
+  assert out.shape == (5, hh, ww, 3) and np.isfinite(out).all()
+
+
+def test_puppet_config_refuses_a_vae_stride_the_pose_encoder_cannot_match(tmp_path):
+  cfg = T.TrainConfig(base_dim=4, dim_mult=(1, 1, 1, 1, 1, 1), steps=0)
+  folder = save_vae(T.new_vae(cfg), tmp_path / "vae32", latents_mean=[0.0] * 16,
+                    latents_std=[1.0] * 16)  # fmt: skip
+  from configs.o2a import get_config
+
+  with pytest.raises(ValueError, match="spatial stride 32"):
+    get_config(f"model=tiny,puppet,vae={folder}")

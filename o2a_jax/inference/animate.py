@@ -20,12 +20,16 @@ from o2a_jax.inference.chunks import OVERLAP_FRAMES, Chunk, check_plan, place, p
 from o2a_jax.inference.prepare import Prepared, to_model_range
 from o2a_jax.io.video import to_uint8
 from o2a_jax.sampling.chunk import generate_chunk
-from o2a_jax.vae.strides import latent_shape
+from o2a_jax.vae.strides import SPACE_STRIDE, latent_shape
 
 
-def chunk_noise(seed: int, frames: int, height: int, width: int) -> np.ndarray:
-  """The initial latents (T, h, w, 16) float32 of a chunk of `frames` frames."""
-  return np.asarray(jax.random.normal(jax.random.key(seed), latent_shape(frames, height, width)))
+def chunk_noise(
+  seed: int, frames: int, height: int, width: int, space_stride: int = SPACE_STRIDE
+) -> np.ndarray:
+  """The initial latents (T, h, w, 16) float32 of a chunk of `frames` frames (a VAE of
+  `space_stride`)."""
+  shape = latent_shape(frames, height, width, space_stride)
+  return np.asarray(jax.random.normal(jax.random.key(seed), shape))
 
 
 def chunk_poses(poses: np.ndarray, chunk: Chunk) -> np.ndarray:
@@ -85,7 +89,7 @@ def generate_video(
         ref_pose,
         text_embeds,
         negative_text_embeds,
-        chunk_noise(seed, c.frames, hh, ww),
+        chunk_noise(seed, c.frames, hh, ww, vae.cfg.spatial_factor),
         steps=steps,
         shift=shift,
         image_guidance=image_guidance,

@@ -18,7 +18,7 @@ from o2a_jax import sharding
 from o2a_jax.io.safetensors import CheckpointError
 from o2a_jax.model.config import DenoiserConfig
 from o2a_jax.model.denoiser import Denoiser
-from o2a_jax.vae.strides import LATENT_CHANNELS, SPACE_STRIDE, pixel_frames
+from o2a_jax.vae.strides import LATENT_CHANNELS, pixel_frames
 
 HEAD_DIM = 128  # every released Wan2.1 model; heads are not recoverable from shapes alone
 
@@ -106,7 +106,8 @@ def example_inputs(
   for tests and benchmarks that need the shapes, not meaningful values."""
   k = jax.random.split(jax.random.key(seed), 6)
   b, t, h, w = batch, latent_frames, height, width
-  hh, ww = SPACE_STRIDE * h, SPACE_STRIDE * w
+  scale = cfg.spatial_down // cfg.patch_size[1]  # pixels per latent pixel (the pose encoder's)
+  hh, ww = scale * h, scale * w
   return (
     jax.random.normal(k[0], (b, t, h, w, LATENT_CHANNELS)),
     jnp.full((b,), timestep),

@@ -74,8 +74,16 @@ class TrainConfig:
       z_dim=self.z_dim,
       dim_mult=tuple(self.dim_mult),
       num_res_blocks=self.num_res_blocks,
-      temperal_downsample=(False, True, True)[: len(self.dim_mult) - 1],
+      temperal_downsample=temporal_downsample(len(self.dim_mult) - 1),
     )
+
+
+def temporal_downsample(stages: int) -> tuple[bool, ...]:
+  """Which of `stages` spatial downsamplings also halve time: the last two (4x, as Wan2.1: 3
+  stages give (False, True, True); 2 stages, a 4x-spatial VAE, give (True, True))."""
+  if stages < 2:
+    raise ValueError(f"the VAE needs at least 2 downsampling stages (4x in time), got {stages}")
+  return (False,) * (stages - 2) + (True, True)
 
 
 def _zero_init(path: tuple) -> bool:

@@ -165,7 +165,7 @@ def generate_chunk(
   _check("mask", mask, (hh, ww), 0.0, 1.0)
   _check("pose_video", pose_video, (f, hh, ww, 3), -1.0, 1.0)
   _check("ref_pose", ref_pose, (1, hh, ww, 3), -1.0, 1.0)
-  _check("noise", np.asarray(noise), latent_shape(f, hh, ww))
+  _check("noise", np.asarray(noise), latent_shape(f, hh, ww, vae.cfg.spatial_factor))
   text_embeds, negative_text_embeds = np.asarray(text_embeds), np.asarray(negative_text_embeds)
   if text_embeds.ndim != 2 or negative_text_embeds.shape != text_embeds.shape:
     raise ValueError(

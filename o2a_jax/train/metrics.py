@@ -19,7 +19,7 @@ import pathlib
 import jax
 
 from o2a_jax.model.config import DenoiserConfig
-from o2a_jax.vae.strides import latent_shape
+from o2a_jax.vae.strides import latent_frames
 
 # Dense bf16 peak TFLOP/s per device (vendor figures, no sparsity).
 PEAK_TFLOPS = {
@@ -88,14 +88,17 @@ def denoiser_flops(
 ) -> dict[str, int]:
   """Forward FLOPs of the denoiser on a (batch, frames, height, width) pixel clip, by part.
 
-  Latents are (T, H/8, W/8) with T = (F-1)//4 + 1; tokens L = (T+1) (H/16)(W/16) including the
-  reference prefix frame (T (H/16)(W/16) for the stage-1 model without prefix frame and pose
-  branch); the reference extractor sees S_r = (H/16)(W/16) tokens.
+  Latents have T = (F-1)//4 + 1 frames; tokens L = (T+1) (H/16)(W/16) including the reference
+  prefix frame (T (H/16)(W/16) for the stage-1 model without prefix frame and pose branch); the
+  reference extractor sees S_r = (H/16)(W/16) tokens (16 = `cfg.spatial_down`, VAE 8 x patch 2
+  as released).
   Returns a dict of parts and `total`.
   """
   d, f_mlp, p = cfg.dim, cfg.ffn_dim, cfg.patch_size[1]
-  t, h, w, _ = latent_shape(frames, height, width)
-  n = (h // p) * (w // p)  # tokens per latent frame
+  t = latent_frames(frames)
+  lat = cfg.spatial_down // p  # pixels per latent pixel (VAE stride; 8 as released)
+  h, w = height // lat, width // lat
+  n = cfg.tokens_per_frame(height, width)  # tokens per latent frame
   prefix = getattr(cfg, "prefix_frame", True)
   pose = getattr(cfg, "pose_branch", True)
   tokens = (t + int(prefix)) * n

@@ -110,6 +110,8 @@ def build_vae(config: mlc.ConfigDict):
     base_dim=config.vae.base_dim,
     dim_mult=tuple(config.vae.dim_mult),
     num_res_blocks=config.vae.num_res_blocks,
+    # Configs written before the field existed: the Wan2.1 pattern.
+    temperal_downsample=tuple(config.vae.get("temperal_downsample", (False, True, True))),
   )
   vae = vae_model.WanVAE(cfg, dtype=jnp.float32)
   return vae_model.randomize(vae, seed=config.vae.seed)
@@ -559,7 +561,9 @@ def write_samples(config, graphs, state, local: dict, folder: pathlib.Path, step
   f, h, w = local["video"].shape[1:4]
   cfg = model.cfg
   key = jax.random.key(step)
-  noise = jax.random.normal(key, latent_shape(f, h, w)[:3] + (cfg.in_channels,))
+  noise = jax.random.normal(
+    key, latent_shape(f, h, w, vae.cfg.spatial_factor)[:3] + (cfg.in_channels,)
+  )
   text = state.text[0]
   ref = np.asarray(local["ref_image"][0, 0])
   frames = pipeline.generate_chunk(

@@ -1,7 +1,9 @@
 """The Wan VAE's compression, the one home of its strides.
 
 Time: 4x and causal (frame 0 is encoded alone), so F = 4k + 1 pixel frames give T = k + 1 latent
-frames. Space: 8x in height and width. Latents have 16 channels.
+frames. Space: 8x in height and width as released (`SPACE_STRIDE`); a narrower VAE built with
+fewer stages (the puppet toy's, `VAEConfig.spatial_factor`) compresses less, so the functions
+that map pixels to latents take the stride of the VAE at hand. Latents have 16 channels.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ def pixel_frames(latents: int) -> int:
   return TIME_STRIDE * (latents - 1) + 1
 
 
-def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-  """(T, h, w, 16) of an (F, H, W, 3) clip."""
+def latent_shape(
+  frames: int, height: int, width: int, space_stride: int = SPACE_STRIDE
+) -> tuple[int, int, int, int]:
+  """(T, h, w, 16) of an (F, H, W, 3) clip, for a VAE of `space_stride` (its `spatial_factor`)."""
   return (
     latent_frames(frames),
-    height // SPACE_STRIDE,
-    width // SPACE_STRIDE,
+    height // space_stride,
+    width // space_stride,
     LATENT_CHANNELS,
   )
