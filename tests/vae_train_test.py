@@ -1,16 +1,21 @@
 """VAE training loop: the loss falls, the training forward equals the public one, the saved folder
 round-trips through `load_vae`, and custom latent statistics for `normalize`."""
 
+import pathlib
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from o2a_jax.config_lib import load_config_file
 from o2a_jax.convert import load_vae
 from o2a_jax.convert.vae import read_latent_stats, save_vae
 from o2a_jax.puppet import vae_train as T
 from o2a_jax.vae import LATENTS_MEAN, LATENTS_STD, denormalize, normalize
 from o2a_jax.vae.model import _causal_scan
+
+CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "o2a.py"
 
 # A tiny config: 4 base channels, 16x16 frames (2x2 latents).
 CFG = T.TrainConfig(base_dim=4, lr=3e-3, warmup=2, steps=24, batch=2, frames=1, seed=0)
@@ -183,7 +188,6 @@ def test_four_x_vae_drives_the_puppet_config_and_sampler(tmp_path):
   """A VAE of three stages (4x in space) trains, saves, and sets the puppet config's patch to 4
   (patch x VAE stride = the pose encoder's 16); the denoiser built from that config then samples
   a chunk through the project's sampler, at the pixel size the 4x latents decode to."""
-  from configs.o2a import get_config
   from o2a_jax.sampling.chunk import generate_chunk
   from o2a_jax.train import trainer
 
@@ -194,7 +198,7 @@ def test_four_x_vae_drives_the_puppet_config_and_sampler(tmp_path):
   mean, std = T.latent_stats(vae, _clips(2, f=5))
   folder = save_vae(vae, tmp_path / "vae4", latents_mean=mean, latents_std=std)
 
-  c = get_config(f"model=tiny,puppet,stage=2,small,vae={folder}")
+  c = load_config_file(CONFIG, f"model=tiny,puppet,stage=2,small,vae={folder}")
   assert tuple(c.model.patch_size) == (1, 4, 4)
   assert tuple(c.vae.dim_mult) == (1, 2, 2) and tuple(c.vae.temperal_downsample) == (True, True)
   c.vae.path = ""  # the template path of `o2a convert run`: the architecture from the config alone
@@ -216,7 +220,6 @@ def test_puppet_config_refuses_a_vae_stride_the_pose_encoder_cannot_match(tmp_pa
   cfg = T.TrainConfig(base_dim=4, dim_mult=(1, 1, 1, 1, 1, 1), steps=0)
   folder = save_vae(T.new_vae(cfg), tmp_path / "vae32", latents_mean=[0.0] * 16,
                     latents_std=[1.0] * 16)  # fmt: skip
-  from configs.o2a import get_config
 
   with pytest.raises(ValueError, match="spatial stride 32"):
-    get_config(f"model=tiny,puppet,vae={folder}")
+    load_config_file(CONFIG, f"model=tiny,puppet,vae={folder}")
