@@ -51,6 +51,11 @@ def main(argv=None) -> int:
     help="weight of the still-clip latent-consistency term (puppet.vae_train.loss_fn; 0 = off)",
   )  # fmt: skip
   p.add_argument("--init", default="", help="continue from this VAE folder (else a fresh init)")
+  p.add_argument(
+    "--parts", choices=T.TRAIN_PARTS, default=d.parts,
+    help="what trains: all, or decoder (with --init: the encoder, its latent space and the "
+    "latent statistics stay those of --init, so a denoiser trained on them stays valid)",
+  )  # fmt: skip
   p.add_argument("--base-dim", type=int, default=d.base_dim)
   p.add_argument(
     "--dim-mult", default=",".join(map(str, d.dim_mult)),
@@ -83,12 +88,19 @@ def main(argv=None) -> int:
     return 2
   videos = [load_gt(f)["frames"] for f in train_files]
   held = [load_gt(f)["frames"][: args.eval_frames] for f in held_files]
-  cfg = T.TrainConfig(
-    base_dim=args.base_dim, dim_mult=dim_mult, lr=args.lr, steps=args.steps, batch=args.batch,
-    frames=args.frames,
-    kl_weight=args.kl_weight, seed=args.seed, b2=args.b2, recon=args.recon,
-    sample=not args.no_sample, warmup=args.warmup, consistency=args.consistency,
-  )  # fmt: skip
+  if args.parts != "all" and not args.init:
+    print("train_puppet_vae: error: --parts decoder needs --init (the encoder)", file=sys.stderr)
+    return 2
+  try:
+    cfg = T.TrainConfig(
+      base_dim=args.base_dim, dim_mult=dim_mult, lr=args.lr, steps=args.steps, batch=args.batch,
+      frames=args.frames, kl_weight=args.kl_weight, seed=args.seed, b2=args.b2,
+      recon=args.recon, sample=not args.no_sample, warmup=args.warmup,
+      consistency=args.consistency, parts=args.parts,
+    )  # fmt: skip
+  except ValueError as e:
+    print(f"train_puppet_vae: error: {e}", file=sys.stderr)
+    return 2
   if args.init:
     from o2a_jax.convert import load_vae
 
@@ -116,7 +128,12 @@ def main(argv=None) -> int:
   psnr_final = T.reconstruction_psnr(vae, held)
   train_clips = [v[: args.eval_frames] for v in videos[:32]]
   psnr_train = T.reconstruction_psnr(vae, train_clips)
-  mean, std = T.latent_stats(vae, train_clips)
+  if args.parts == "all":
+    mean, std = T.latent_stats(vae, train_clips)
+  else:  # the encoder did not change: its statistics are the ones the denoiser normalises with
+    from o2a_jax.convert.vae import read_latent_stats
+
+    mean, std = (list(v) for v in read_latent_stats(args.init))
   cons_final = T.still_consistency(vae, held)
   cons_norm = T.still_consistency(vae, held, latents_std=std)
   print(f"held-out PSNR after training: {psnr_final:.2f} dB; training clips {psnr_train:.2f} dB")

@@ -223,3 +223,20 @@ def test_puppet_config_refuses_a_vae_stride_the_pose_encoder_cannot_match(tmp_pa
 
   with pytest.raises(ValueError, match="spatial stride 32"):
     load_config_file(CONFIG, f"model=tiny,puppet,vae={folder}")
+
+
+def test_decoder_only_training_keeps_the_encoder():
+  """parts="decoder" trains the decoder and post_quant_conv only: the encoder (and so the latent
+  space a denoiser was trained in) is bit-identical afterwards; the consistency term, which
+  trains the encoder, is refused with it."""
+  cfg = T.TrainConfig(base_dim=4, lr=3e-3, warmup=1, steps=3, batch=1, frames=5, parts="decoder")
+  vae = T.new_vae(cfg)
+  before = {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(vae, nnx.Param))}
+  T.train(vae, T.clip_batches(_clips(), cfg.batch, cfg.frames, seed=0), cfg, progress=False)
+  after = {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(vae, nnx.Param))}
+  changed = {k[0] for k in before if not np.array_equal(before[k], after[k])}
+  assert changed == {"decoder", "post_quant_conv"}
+  with pytest.raises(ValueError, match="consistency"):
+    T.TrainConfig(parts="decoder", consistency=0.1)
+  with pytest.raises(ValueError, match="parts"):
+    T.TrainConfig(parts="encoder")

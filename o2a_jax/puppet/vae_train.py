@@ -42,6 +42,16 @@ from flax import nnx
 from o2a_jax.metrics.pixels import psnr
 from o2a_jax.vae.model import VAEConfig, WanVAE
 
+TRAIN_PARTS = ("all", "decoder")
+
+
+def trainable(parts: str):
+  """The nnx filter of the parameters that train under `TrainConfig.parts`."""
+  if parts == "all":
+    return nnx.Param
+  decoder = nnx.Any(nnx.PathContains("decoder"), nnx.PathContains("post_quant_conv"))
+  return nnx.All(nnx.Param, decoder)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -67,6 +77,15 @@ class TrainConfig:
   seed: int = 0
   # Weight of the temporal latent-consistency term (0 = off): see `loss_fn`.
   consistency: float = 0.0
+  # What trains: "all", or "decoder" (the decoder and post_quant_conv; the encoder and its
+  # latent space stay as they are, so a denoiser trained on those latents stays valid).
+  parts: str = "all"
+
+  def __post_init__(self):
+    if self.parts not in TRAIN_PARTS:
+      raise ValueError(f"parts must be one of {TRAIN_PARTS}, got {self.parts!r}")
+    if self.parts == "decoder" and self.consistency > 0:
+      raise ValueError("the consistency term trains the encoder; it needs parts='all'")
 
   def vae_config(self) -> VAEConfig:
     return VAEConfig(
@@ -240,11 +259,12 @@ def make_step(
   recon_loss: str = "mse",
   consistency: float = 0.0,
 ):
-  """The jitted train step: (params, opt_state, video, key) -> (params, opt_state, metrics)."""
+  """The jitted train step: (params, frozen, opt_state, video, key) -> (params, opt_state,
+  metrics); `frozen` holds the parameters that do not train."""
 
-  def step(params, opt_state, video, key):
+  def step(params, frozen, opt_state, video, key):
     def f(p):
-      vae = nnx.merge(graphdef, p)
+      vae = nnx.merge(graphdef, p, frozen)
       return loss_fn(vae, video, key, kl_weight, sample, recon_loss, consistency)
 
     (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
@@ -252,7 +272,7 @@ def make_step(
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": loss, **aux, "grad_norm": optax.global_norm(grads)}
 
-  return jax.jit(step, donate_argnums=(0, 1))
+  return jax.jit(step, donate_argnums=(0, 2))  # params, opt_state
 
 
 def train(
@@ -269,7 +289,7 @@ def train(
   """
   from tqdm import tqdm
 
-  graphdef, params, rest = nnx.split(vae, nnx.Param, ...)
+  graphdef, params, frozen = nnx.split(vae, trainable(cfg.parts), ...)
   tx = make_optimizer(cfg)
   opt_state = tx.init(params)
   step = make_step(graphdef, tx, cfg.kl_weight, cfg.sample, cfg.recon, cfg.consistency)
@@ -279,7 +299,7 @@ def train(
   t0 = time.perf_counter()
   for i in bar:
     video = jnp.asarray(next(batches))
-    params, opt_state, m = step(params, opt_state, video, jax.random.fold_in(key, i))
+    params, opt_state, m = step(params, frozen, opt_state, video, jax.random.fold_in(key, i))
     if i % log_every == 0 or i == cfg.steps - 1:
       m = {k: float(v) for k, v in m.items()}
       if not np.isfinite(m["loss"]):
