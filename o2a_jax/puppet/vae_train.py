@@ -1,8 +1,9 @@
 """Training a small Wan VAE (same architecture, narrower channels) from scratch, e.g. on puppets.
 
-The model is the project's `WanVAE` (causal 3-D convolutions, 16 latent channels, 8x spatial and 4x
-temporal compression) with a reduced `VAEConfig` (`base_dim`, `dim_mult`, `num_res_blocks`),
-initialised like PyTorch's defaults (`init_params`).
+The model is the project's `WanVAE` (causal 3-D convolutions, 16 latent channels, 4x temporal
+compression; 2^(len(dim_mult) - 1) spatial: 8x as Wan2.1, 4x with three stages) with a reduced
+`VAEConfig` (`base_dim`, `dim_mult`, `num_res_blocks`), initialised like PyTorch's defaults
+(`init_params`).
 
 Loss (per element means): `MSE(decode(z), x) + kl_weight * KL(q(z|x) || N(0,1))` with
 `z = mu + sigma * eps` sampled from the posterior (`quant_conv` gives mu and log sigma^2, log

@@ -89,11 +89,11 @@ class WorldConfig:
   # worlds before this option (the background is then unknowable from the reference).
   reference_background: str = "same"
   # Background kinds drawn (`spec.BACKGROUNDS`); the default keeps the smooth ones (solid,
-  # gradient, floor), which the 8x-compressing toy VAE can reproduce, so that what the toy must
+  # gradient, floor), which the small toy VAE can reproduce, so that what the toy must
   # learn is the puppet, not texture. `spec.BACKGROUNDS` gives every kind (the worlds before).
   backgrounds: tuple[str, ...] = ("solid", "gradient", "floor")
-  # Multiplies every puppet's limb and torso thickness: thicker parts survive the VAE's 8x8
-  # cells at 64 px (1.0: the worlds before this option).
+  # Multiplies every puppet's limb and torso thickness: thicker parts survive the small VAE's
+  # compression at 64 px (1.0: the worlds before this option).
   thickness: float = 1.6
 
   def __post_init__(self):
