@@ -136,9 +136,14 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # .safetensors (S, text_dim) file, e.g. from `o2a text embed`; "" = zeros of `length` tokens.
   c.text = mlc.ConfigDict(dict(embeds="", length=7 if variant == "tiny" else 226))
 
+  from o2a_jax.vae.model import VAEConfig
+
   c.vae = mlc.ConfigDict(
-    dict(path="", seed=0, temperal_downsample=(False, True, True), **PRESET_DEFAULTS[variant].vae)
-  )
+    dict(
+      path="", seed=0, temperal_downsample=VAEConfig.temperal_downsample,
+      **PRESET_DEFAULTS[variant].vae,
+    )
+  )  # fmt: skip
   if arg.small:
     c.vae.base_dim = 8
   c.vae.dim_mult = tuple(c.vae.dim_mult)
@@ -176,6 +181,7 @@ def _puppet(c: mlc.ConfigDict, vae: str) -> None:
 
   from o2a_jax.convert.vae import read_latent_stats
   from o2a_jax.io.json_files import read_json
+  from o2a_jax.vae.model import VAEConfig
 
   vae = vae or str(pathlib.Path(__file__).resolve().parents[1] / "assets" / "puppet_vae")
   c.vae.path = vae
@@ -192,8 +198,9 @@ def _puppet(c: mlc.ConfigDict, vae: str) -> None:
   c.vae.dim_mult = tuple(int(u) for u in arch["dim_mult"])
   c.vae.num_res_blocks = int(arch["num_res_blocks"])
   c.vae.temperal_downsample = tuple(bool(t) for t in arch["temperal_downsample"])
-  stride = 2 ** (len(c.vae.dim_mult) - 1)
-  down = 2 ** len(c.model.hint_channels)
+  stride = VAEConfig(dim_mult=c.vae.dim_mult, temperal_downsample=c.vae.temperal_downsample)
+  stride = stride.spatial_factor
+  down = config_lib.denoiser_config(c.model).spatial_down
   if down % stride:
     raise ValueError(
       f"{vae}: a VAE of spatial stride {stride} does not divide the pose encoder's {down}x"

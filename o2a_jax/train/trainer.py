@@ -110,8 +110,10 @@ def build_vae(config: mlc.ConfigDict):
     base_dim=config.vae.base_dim,
     dim_mult=tuple(config.vae.dim_mult),
     num_res_blocks=config.vae.num_res_blocks,
-    # Configs written before the field existed: the Wan2.1 pattern.
-    temperal_downsample=tuple(config.vae.get("temperal_downsample", (False, True, True))),
+    # Configs written before the field existed: the Wan2.1 pattern (VAEConfig's default).
+    temperal_downsample=tuple(
+      config.vae.get("temperal_downsample", vae_model.VAEConfig.temperal_downsample)
+    ),
   )
   vae = vae_model.WanVAE(cfg, dtype=jnp.float32)
   return vae_model.randomize(vae, seed=config.vae.seed)
