@@ -19,6 +19,8 @@ Options (comma-separated `name=value`, a bare name sets a flag; the first bare t
                         set --config.data.source to an `o2a data build` folder
   vae=<folder>          with `puppet`: another trained VAE folder (default assets/puppet_vae); its
                         config.json latent statistics normalise the latents
+  patch=<n>             with `puppet`: the denoiser's spatial patch (default: 16 / the VAE's
+                        stride); the pose encoder gets log2(n x stride) stages to match
 
 Used by `o2a` commands as `--config configs/o2a.py:1.3b --config.model.attn_impl=cudnn`, and by
 `o2a train --config configs/o2a.py:model=tiny,stage=2 --workdir DIR --config.optim.lr=1e-5`.
@@ -29,7 +31,7 @@ import dataclasses
 import ml_collections as mlc
 
 from o2a_jax import config_lib, sharding
-from o2a_jax.model.config import PRESET_DEFAULTS, PRESETS, preset
+from o2a_jax.model.config import PRESET_DEFAULTS, PRESETS, hint_time_down, preset
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -46,6 +48,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     small=False,
     puppet=False,
     vae="",
+    patch=0,
   )
   variant = arg.variant or arg.model
   if variant not in PRESETS:
@@ -169,13 +172,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.optim.lr = 1e-3  # a visible loss drop within the short smoke run
     c.optim.warmup_steps = 0
   if arg.puppet:
-    _puppet(c, arg.vae)
-  elif arg.vae:
-    raise KeyError("config arg vae= goes with puppet (the VAE of the puppet toy model)")
+    _puppet(c, arg.vae, arg.patch)
+  elif arg.vae or arg.patch:
+    raise KeyError("config args vae= and patch= go with puppet (the puppet toy model)")
   return c
 
 
-def _puppet(c: mlc.ConfigDict, vae: str) -> None:
+def _puppet(c: mlc.ConfigDict, vae: str, patch: int) -> None:
   """The puppet-world toy recipe (assets/puppet_model/README.md has the commands and settings)."""
   import pathlib
 
@@ -200,6 +203,18 @@ def _puppet(c: mlc.ConfigDict, vae: str) -> None:
   c.vae.temperal_downsample = tuple(bool(t) for t in arch["temperal_downsample"])
   stride = VAEConfig(dim_mult=c.vae.dim_mult, temperal_downsample=c.vae.temperal_downsample)
   stride = stride.spatial_factor
+  if patch:
+    # A finer patch (more tokens per frame): the pose encoder's stages follow, so that its tokens
+    # still land on the patch grid; its time halvings stay 4x (`model.shapes`' rule, which
+    # `load_official` uses to read such a checkpoint back).
+    down = patch * stride
+    stages = down.bit_length() - 1
+    if patch < 1 or 2**stages != down or stages < 3:
+      raise ValueError(
+        f"puppet patch={patch}: patch x VAE stride {stride} must be a power of two >= 8"
+      )
+    c.model.hint_channels = (c.model.hint_channels[0],) * stages
+    c.model.hint_time_down = hint_time_down(stages)
   down = config_lib.denoiser_config(c.model).spatial_down
   if down % stride:
     raise ValueError(

@@ -55,9 +55,13 @@ def _run(cmd: list[str]) -> float:
   return time.perf_counter() - t0
 
 
-def config_arg(stage: int, vae: str, small: bool = False) -> str:
+def config_arg(stage: int, vae: str, small: bool = False, patch: int = 0) -> str:
   small_arg = ",small" if small else ""
-  return f"model=tiny,puppet,stage={stage}{small_arg}" + (f",vae={vae}" if vae else "")
+  return (
+    f"model=tiny,puppet,stage={stage}{small_arg}"
+    + (f",vae={vae}" if vae else "")
+    + (f",patch={patch}" if patch else "")
+  )
 
 
 def export_stage(workdir: pathlib.Path, out: pathlib.Path, ema: bool) -> tuple[int, dict]:
@@ -124,6 +128,10 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--vae", default="", help="VAE folder (default: assets/puppet_vae)")
   p.add_argument(
+    "--patch", type=int, default=0,
+    help="the denoiser's spatial patch (config arg patch=; default 16 / the VAE's stride)",
+  )  # fmt: skip
+  p.add_argument(
     "--small", action="store_true",
     help="the `small` model (2 blocks x 64 wide; the end-to-end test's, seconds per stage)",
   )  # fmt: skip
@@ -171,7 +179,7 @@ def main(argv=None) -> int:
     if prev:
       overrides.append(f"--config.init.checkpoint={prev}")
     wd = work / f"stage{stage}"
-    arg = config_arg(stage, vae, args.small)
+    arg = config_arg(stage, vae, args.small, args.patch)
     cmd = o2a_train + [f"--config=configs/o2a.py:{arg}", f"--workdir={wd}", *overrides]
     train_s = _run(cmd)
     t0 = time.perf_counter()

@@ -184,10 +184,14 @@ def test_temporal_downsample_pattern():
     T.temporal_downsample(1)
 
 
-def test_four_x_vae_drives_the_puppet_config_and_sampler(tmp_path):
+@pytest.mark.parametrize("patch", [0, 2])
+def test_four_x_vae_drives_the_puppet_config_and_sampler(tmp_path, patch):
   """A VAE of three stages (4x in space) trains, saves, and sets the puppet config's patch to 4
-  (patch x VAE stride = the pose encoder's 16); the denoiser built from that config then samples
-  a chunk through the project's sampler, at the pixel size the 4x latents decode to."""
+  (patch x VAE stride = the pose encoder's 16), or with `patch=2` a pose encoder of three stages
+  (8x); the denoiser built from that config samples a chunk through the project's sampler, at the
+  pixel size the 4x latents decode to, and its official export reads back as the same
+  architecture."""
+  from o2a_jax.convert import load_official, save_official
   from o2a_jax.sampling.chunk import generate_chunk
   from o2a_jax.train import trainer
 
@@ -198,8 +202,13 @@ def test_four_x_vae_drives_the_puppet_config_and_sampler(tmp_path):
   mean, std = T.latent_stats(vae, _clips(2, f=5))
   folder = save_vae(vae, tmp_path / "vae4", latents_mean=mean, latents_std=std)
 
-  c = load_config_file(CONFIG, f"model=tiny,puppet,stage=2,small,vae={folder}")
-  assert tuple(c.model.patch_size) == (1, 4, 4)
+  arg = f"model=tiny,puppet,stage=2,small,vae={folder}" + (f",patch={patch}" if patch else "")
+  c = load_config_file(CONFIG, arg)
+  p = patch or 4
+  assert tuple(c.model.patch_size) == (1, p, p)
+  stages = 3 if patch == 2 else 4
+  assert len(c.model.hint_channels) == stages
+  assert tuple(c.model.hint_time_down) == (False, True, True, False)[:stages]
   assert tuple(c.vae.dim_mult) == (1, 2, 2) and tuple(c.vae.temperal_downsample) == (True, True)
   c.vae.path = ""  # the template path of `o2a convert run`: the architecture from the config alone
   assert trainer.build_vae(c).cfg.spatial_factor == 4
@@ -214,6 +223,25 @@ def test_four_x_vae_drives_the_puppet_config_and_sampler(tmp_path):
     rng.normal(size=(2, hh // 4, ww // 4, 16)), steps=1, image_guidance=1.0, pose_guidance=1.0,
   )  # fmt: skip
   assert out.shape == (5, hh, ww, 3) and np.isfinite(out).all()
+  save_official(model, tmp_path / "model")
+  back = load_official(tmp_path / "model", num_heads=c.model.num_heads, head_dim=c.model.head_dim)
+  assert back.cfg.patch_size == model.cfg.patch_size
+  assert back.cfg.hint_time_down == model.cfg.hint_time_down
+  assert back.cfg.spatial_down == model.cfg.spatial_down == p * 4
+
+
+def test_puppet_config_patch_checks(tmp_path):
+  """`patch=` must make a pose encoder that halves space at least three times (it halves time
+  twice) and goes with `puppet` only."""
+  with pytest.raises(ValueError, match="power of two >= 8"):
+    load_config_file(CONFIG, "model=tiny,puppet,patch=3")
+  cfg = T.TrainConfig(base_dim=4, dim_mult=(1, 2, 2), steps=0)
+  folder = save_vae(T.new_vae(cfg), tmp_path / "vae4", latents_mean=[0.0] * 16,
+                    latents_std=[1.0] * 16)  # fmt: skip
+  with pytest.raises(ValueError, match="power of two >= 8"):
+    load_config_file(CONFIG, f"model=tiny,puppet,vae={folder},patch=1")
+  with pytest.raises(KeyError, match="go with puppet"):
+    load_config_file(CONFIG, "model=tiny,patch=2")
 
 
 def test_puppet_config_refuses_a_vae_stride_the_pose_encoder_cannot_match(tmp_path):

@@ -14,6 +14,14 @@ import jax.numpy as jnp
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
+def hint_time_down(stages: int) -> tuple[bool, ...]:
+  """Which of a pose encoder's `stages` halve time: the second and third (4x, the VAE's temporal
+  stride; (False, True, True, False) for the released four)."""
+  if stages < 3:
+    raise ValueError(f"a pose encoder of {stages} stages cannot halve time twice (needs >= 3)")
+  return tuple(0 < d < 3 for d in range(stages))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DenoiserConfig:
   """Architecture and numerics of the denoiser (official released hyper-parameters).

@@ -16,7 +16,7 @@ from flax import nnx
 
 from o2a_jax import sharding
 from o2a_jax.io.safetensors import CheckpointError
-from o2a_jax.model.config import DenoiserConfig
+from o2a_jax.model.config import DenoiserConfig, hint_time_down
 from o2a_jax.model.denoiser import Denoiser
 from o2a_jax.vae.strides import LATENT_CHANNELS, pixel_frames
 
@@ -64,7 +64,6 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], **overrides) -> Denoiser
   hint_ch = tuple(
     get(f"input_hint_block.down_blocks.{d}.resnets.0.conv1.conv.weight")[0] for d in range(hint)
   )
-  released_time_down = (False, True, True, False)
   cfg = dict(
     num_heads=dim // head_dim,
     head_dim=head_dim,
@@ -79,12 +78,13 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], **overrides) -> Denoiser
     out_channels=get("proj_out.weight")[0] // (patch[3] * patch[4]),
     patch_size=(patch[2], patch[3], patch[4]),
     hint_channels=hint_ch,
-    hint_time_down=released_time_down if hint == 4 else tuple(0 < d < 3 for d in range(hint)),
     cond_channels=get("image_to_cond.conv_in.weight")[0],
     cond_blocks=_count(shapes, r"^image_to_cond\.down_blocks\.(\d+)\.resnets\.0\.conv1\.weight$"),
   )
   cfg.update(overrides)
   try:
+    # No pose encoder in a stage-1 checkpoint.
+    cfg.setdefault("hint_time_down", hint_time_down(hint) if hint else ())
     return DenoiserConfig(**cfg)
   except ValueError as e:
     raise CheckpointError(f"checkpoint implies an invalid architecture: {e}") from e
