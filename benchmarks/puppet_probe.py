@@ -47,14 +47,15 @@ def main(argv=None) -> int:
   from o2a_jax import config_lib
   from o2a_jax.io import video as video_io
   from o2a_jax.metrics.pixels import psnr
-  from o2a_jax.puppet.evaluate import check_vae_hash
+  from o2a_jax.puppet.evaluate import load_puppet_models
   from o2a_jax.sampling import chunk as pipeline
   from o2a_jax.train import step as step_lib
   from o2a_jax.train import trainer
 
-  check_vae_hash(args.model, args.vae)
+  # The checkpoint's architecture (its patch sets the config's pose encoder too); checks the VAE.
+  patch = load_puppet_models(args.model, args.vae)[0].cfg.patch_size[-1]
   config = config_lib.load_config_file(
-    REPO / "configs" / "o2a.py", f"model=tiny,puppet,stage=3,vae={args.vae}"
+    REPO / "configs" / "o2a.py", f"model=tiny,puppet,stage=3,vae={args.vae},patch={patch}"
   )
   config.data.source = args.data
   config.init.checkpoint = args.model
