@@ -12,7 +12,7 @@ nor the denoiser saw), rendered on the fly with exact ground truth. Conditions:
   long         misaligned, --long-frames frames generated as two chunks of --frames (the second
                TokenReplace-conditioned on the last 5 frames of the first)
 
-Methods: the model (the demo's sampler: guidance 1 / 1, 20 Euler steps, shift 7, each a flag);
+Methods: the model (the demo's sampler: guidance 1 / 1, 3 Euler steps, shift 7, each a flag);
 `vae` (aligned only): the clip's own VAE round trip, the ceiling of the model; `copy`: every
 frame is the reference image; `translate`: the pose-guided translation of the reference
 (`o2a_jax.pose.translate_reference`) onto each driving frame. Ablations (misaligned): `no_ref`:
@@ -79,7 +79,9 @@ def main(argv=None) -> int:
   p.add_argument("--cases", type=int, default=8, help="held-out clips (default 8, at most 16)")
   p.add_argument("--frames", type=int, default=17, help="chunk frames (default 17)")
   p.add_argument("--long-frames", type=int, default=29, help="two-chunk clip frames (29)")
-  p.add_argument("--steps", type=int, default=20, help="Euler steps per chunk (default 20)")
+  p.add_argument(
+    "--steps", type=int, default=E.STEPS, help=f"Euler steps per chunk (default {E.STEPS})"
+  )
   p.add_argument("--model", default=str(E.MODEL_DIR))
   p.add_argument("--vae", default=str(E.VAE_DIR))
   p.add_argument("--no-ablations", action="store_true")
