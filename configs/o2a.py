@@ -205,8 +205,8 @@ def _puppet(c: mlc.ConfigDict, vae: str, patch: int) -> None:
   stride = stride.spatial_factor
   if patch:
     # A finer patch (more tokens per frame): the pose encoder's stages follow, so that its tokens
-    # still land on the patch grid; its time halvings stay 4x (`model.shapes`' rule, which
-    # `load_official` uses to read such a checkpoint back).
+    # still land on the patch grid; its time halvings stay 4x (`hint_time_down`, the rule
+    # `load_official` also uses to read such a checkpoint back).
     down = patch * stride
     stages = down.bit_length() - 1
     if patch < 1 or 2**stages != down or stages < 3:
