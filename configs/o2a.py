@@ -201,8 +201,8 @@ def _puppet(c: mlc.ConfigDict, vae: str, patch: int) -> None:
   c.vae.dim_mult = tuple(int(u) for u in arch["dim_mult"])
   c.vae.num_res_blocks = int(arch["num_res_blocks"])
   c.vae.temperal_downsample = tuple(bool(t) for t in arch["temperal_downsample"])
-  stride = VAEConfig(dim_mult=c.vae.dim_mult, temperal_downsample=c.vae.temperal_downsample)
-  stride = stride.spatial_factor
+  vae_cfg = VAEConfig(dim_mult=c.vae.dim_mult, temperal_downsample=c.vae.temperal_downsample)
+  stride = vae_cfg.spatial_factor
   if patch:
     # A finer patch (more tokens per frame): the pose encoder's stages follow, so that its tokens
     # still land on the patch grid; its time halvings stay 4x (`hint_time_down`, the rule

@@ -78,16 +78,6 @@ def main(argv=None) -> int:
     print(f"train_puppet_vae: error: --dim-mult {args.dim_mult!r}: {e}", file=sys.stderr)
     return 2
 
-  from o2a_jax.puppet.world import load_gt
-
-  world = pathlib.Path(args.world)
-  train_files = sorted((world / "gt").glob("v*.npz"))
-  held_files = sorted((world / "gt").glob("h?????.npz"))  # clips, not their _ref/_f0 images
-  if not train_files or not held_files:
-    print(f"train_puppet_vae: error: {world}/gt has no v*.npz or h*.npz clips", file=sys.stderr)
-    return 2
-  videos = [load_gt(f)["frames"] for f in train_files]
-  held = [load_gt(f)["frames"][: args.eval_frames] for f in held_files]
   if args.parts != "all" and not args.init:
     print("train_puppet_vae: error: --parts decoder needs --init (the encoder)", file=sys.stderr)
     return 2
@@ -101,6 +91,17 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"train_puppet_vae: error: {e}", file=sys.stderr)
     return 2
+
+  from o2a_jax.puppet.world import load_gt
+
+  world = pathlib.Path(args.world)
+  train_files = sorted((world / "gt").glob("v*.npz"))
+  held_files = sorted((world / "gt").glob("h?????.npz"))  # clips, not their _ref/_f0 images
+  if not train_files or not held_files:
+    print(f"train_puppet_vae: error: {world}/gt has no v*.npz or h*.npz clips", file=sys.stderr)
+    return 2
+  videos = [load_gt(f)["frames"] for f in train_files]
+  held = [load_gt(f)["frames"][: args.eval_frames] for f in held_files]
   if args.init:
     from o2a_jax.convert import load_vae
 
