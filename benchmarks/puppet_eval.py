@@ -119,6 +119,7 @@ def main(argv=None) -> int:
 
   t_all = time.perf_counter()
   model, vae = E.load_puppet_models(args.model, args.vae)
+  drawing = E.pose_drawing(args.model)  # the model's inputs are drawn as in its training
   lpips_model = None
   if args.lpips != "none":
     from o2a_jax.metrics import lpips
@@ -151,11 +152,11 @@ def main(argv=None) -> int:
     short = E.PuppetCase(full.frames[: args.frames], full.kp133[: args.frames], full.ref_frame,
                          full.ref_kp133, full.meta)  # fmt: skip
     gt = short.frames
-    inp, image, rp, drv = E.prepare_case(short, aligned=True)
+    inp, image, rp, drv = E.prepare_case(short, aligned=True, drawing=drawing)
     add("aligned", "model", E.animate(model, vae, inp, **guide, **gen), gt)
     baselines("aligned", image, rp, drv, gt)
     add("aligned", "vae", E.vae_round_trip(vae, gt), gt)
-    inp, image, rp, drv = E.prepare_case(short, aligned=False)
+    inp, image, rp, drv = E.prepare_case(short, aligned=False, drawing=drawing)
     add("misaligned", "model", E.animate(model, vae, inp, **guide, **gen), gt)
     baselines("misaligned", image, rp, drv, gt)
     if not args.no_ablations:
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
       v = E.animate(model, vae, inp, pose_scale=0.0, pose_guidance=1.0,
                     image_guidance=args.image_guidance, **gen)  # fmt: skip
       add("misaligned", "no_pose", v, gt)
-    inp, image, rp, drv = E.prepare_case(full, aligned=False)
+    inp, image, rp, drv = E.prepare_case(full, aligned=False, drawing=drawing)
     add("long", "model", E.animate(model, vae, inp, **guide, **gen), full.frames)
     baselines("long", image, rp, drv, full.frames)
     m = full.meta
@@ -210,6 +211,7 @@ def main(argv=None) -> int:
   if args.json:
     out = {
       "args": vars(args),
+      "pose_drawing": drawing,
       "table": table,
       "acceptance": checks,
       "per_case": {c: {m: v for m, v in ms.items()} for c, ms in scores.items()},

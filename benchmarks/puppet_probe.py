@@ -47,7 +47,7 @@ def main(argv=None) -> int:
   from o2a_jax import config_lib
   from o2a_jax.io import video as video_io
   from o2a_jax.metrics.pixels import psnr
-  from o2a_jax.puppet.evaluate import load_puppet_models
+  from o2a_jax.puppet.evaluate import load_puppet_models, pose_drawing
   from o2a_jax.sampling import chunk as pipeline
   from o2a_jax.train import step as step_lib
   from o2a_jax.train import trainer
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     REPO / "configs" / "o2a.py", f"model=tiny,puppet,stage=3,vae={args.vae},patch={patch}"
   )
   config.data.source = args.data
+  config.data.pose_drawing = pose_drawing(args.model)  # the batches drawn as the model trained
   config.init.checkpoint = args.model
   config.train.mesh_shape = (1, 1, 1, 1)
   config.seed = args.seed

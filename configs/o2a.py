@@ -228,6 +228,9 @@ def _puppet(c: mlc.ConfigDict, vae: str, patch: int) -> None:
   c.data.frames = 9  # 3 latent frames: TokenReplace (stage 3) needs more than 2
   c.data.global_batch = 4
   c.data.bucket_scale = 0.125  # the 512 bucket -> 64x64 (the world's frame size)
+  # At 64 px the official pose drawing keeps about 1 % of its line pixels (broken dots): the
+  # toy draws its poses continuous (trained and sampled alike; the model folder records it).
+  c.data.pose_drawing = "viewing"
   c.optim.lr = 1e-3  # a toy model trained from scratch for minutes, not the official 1e-5
   # There is no pretrained Wan2.1-T2V backbone for the toy: stage 1 trains every parameter in its
   # place (the official stage-1 set would leave the FFNs, cross-attention, time embedding and head

@@ -14,6 +14,7 @@ import ml_collections as mlc
 
 from data_pipeline import augment
 from o2a_jax import config_lib
+from o2a_jax.pose.render import check_drawing
 
 # Per stage: (ref drop, pose+ref drop, face-centred crop, zoom, ref keep, change pose,
 #             hand mask, only_ref, i2v, resolution buckets, 768 probability, 512 image prob).
@@ -73,6 +74,11 @@ def get_data_config(stage: int = 2) -> mlc.ConfigDict:
   c.image_ratio = 1 / 7  # image-group rows : all rows (official "vid:img = 6:1")
   c.update(_STAGES[stage])
   c.without_face_prob = 0.2  # faces omitted from the drawn poses, per clip
+  # How poses are drawn (`o2a_jax.pose.render`'s DRAWINGS): "official" (a 2160-px canvas resized
+  # bilinearly, what the released checkpoints saw); "viewing" (a canvas twice the frame,
+  # area-averaged): continuous lines at a few dozen pixels, where the official drawing is broken
+  # dots (the puppet toy). Inference must draw as training did (`o2a animate --pose-drawing`).
+  c.pose_drawing = "official"
   c.limb_change_prob = 0.4
   c.face_change_prob = 0.7
   c.ref_noise_prob = 0.5  # conditional_clear_ratio
@@ -124,6 +130,7 @@ class DataConfig:
   i2v: float
   buckets: str
   without_face_prob: float
+  pose_drawing: str
   limb_change_prob: float
   face_change_prob: float
   ref_noise_prob: float
@@ -154,4 +161,6 @@ class DataConfig:
     """From a `config.data` ConfigDict (or a DataConfig); unknown or missing keys are named."""
     if isinstance(section, cls):
       return section
-    return config_lib.from_section(cls, section, "data", ignore=cls.OTHER_SOURCES)
+    out = config_lib.from_section(cls, section, "data", ignore=cls.OTHER_SOURCES)
+    check_drawing(out.pose_drawing, "config.data.pose_drawing")
+    return out

@@ -183,8 +183,13 @@ def video_sample(rec: dict, rng, cfg, height: int, width: int, frames: int, pool
   sample, info = _assemble(
     rng=rng, cfg=cfg, plan=plan, target=target, ref=ref, h0=h0, w0=w0, height=height,
     width=width, driving_poses=drawn, ref_pose=ref_pose,
-    pose_flags=dict(without_face=without_face, face_change=face_change, head_change=head_change),
-    ref_pose_flags=dict(without_face=without_face or cfg.ref_pose_without_face),
+    pose_flags=dict(
+      without_face=without_face, face_change=face_change, head_change=head_change,
+      drawing=cfg.pose_drawing,
+    ),
+    ref_pose_flags=dict(
+      without_face=without_face or cfg.ref_pose_without_face, drawing=cfg.pose_drawing
+    ),
     face_regions=A.face_regions(poses, h0, w0, cfg.hand_mask),
     ocr_regions=A.ocr_regions(rec.get("ocr_boxes"), idx, frames, h0, w0),
   )  # fmt: skip
@@ -217,8 +222,13 @@ def pair_sample(rec: dict, rng, cfg, height: int, width: int, pool=None):
   sample, info = _assemble(
     rng=rng, cfg=cfg, plan=plan, target=tgt[None], ref=src, h0=h0, w0=w0, height=height,
     width=width, driving_poses=drawn, ref_pose=src_pose,
-    pose_flags=dict(without_face=without_face, face_change=face_change, head_change=head_change),
-    ref_pose_flags=dict(without_face=without_face or cfg.ref_pose_without_face),
+    pose_flags=dict(
+      without_face=without_face, face_change=face_change, head_change=head_change,
+      drawing=cfg.pose_drawing,
+    ),
+    ref_pose_flags=dict(
+      without_face=without_face or cfg.ref_pose_without_face, drawing=cfg.pose_drawing
+    ),
     face_regions=A.face_regions([tgt_pose], h0, w0, cfg.hand_mask),
     ocr_regions=[A.Region()],
   )  # fmt: skip

@@ -64,11 +64,12 @@ def config_arg(stage: int, vae: str, small: bool = False, patch: int = 0) -> str
   )
 
 
-def export_stage(workdir: pathlib.Path, out: pathlib.Path, ema: bool) -> tuple[int, dict]:
+def export_stage(workdir: pathlib.Path, out: pathlib.Path, ema: bool) -> tuple[int, dict, str]:
   """Last checkpoint of a stage's run (its EMA parameters when `ema`) -> official safetensors
-  folder `out` (what `o2a convert run WORKDIR OUT [--ema]` writes); returns its step and the
+  folder `out` (what `o2a convert run WORKDIR OUT [--ema]` writes); returns its step, the
   model's attention head layout (the official layout stores no head count, and `load_official`
-  needs it for any but the default)."""
+  needs it for any but the default) and its pose drawing (`config.data.pose_drawing`, which
+  sampling must repeat)."""
   from o2a_jax.convert import save_official
   from o2a_jax.train import export
 
@@ -76,7 +77,8 @@ def export_stage(workdir: pathlib.Path, out: pathlib.Path, ema: bool) -> tuple[i
   if out.exists():
     shutil.rmtree(out)
   save_official(model, out)
-  return step, {"num_heads": int(config.model.num_heads), "head_dim": int(config.model.head_dim)}
+  heads = {"num_heads": int(config.model.num_heads), "head_dim": int(config.model.head_dim)}
+  return step, heads, str(config.data.pose_drawing)
 
 
 def tb_losses(workdir: pathlib.Path) -> list[tuple[int, float]]:
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
     train_s = _run(cmd)
     t0 = time.perf_counter()
     export = work / f"stage{stage}_export"
-    last, heads = export_stage(wd, export, ema=bool(args.ema))
+    last, heads, drawing = export_stage(wd, export, ema=bool(args.ema))
     export_s = time.perf_counter() - t0
     losses = tb_losses(wd)
     stages.append(
@@ -211,13 +213,14 @@ def main(argv=None) -> int:
   shutil.copytree(prev, tmp)
   (tmp / "training.json").write_text(json.dumps(log, indent=1))
   # The VAE whose latent space the model learned: `o2a demo` and the evaluation check it.
-  from o2a_jax.puppet.evaluate import HEADS_FILE, VAE_DIR, VAE_HASH_FILE, vae_sha256
+  from o2a_jax.puppet import evaluate as E
 
-  (tmp / HEADS_FILE).write_text(json.dumps(heads) + "\n")
+  (tmp / E.HEADS_FILE).write_text(json.dumps(heads) + "\n")
+  (tmp / E.POSE_DRAWING_FILE).write_text(drawing + "\n")
 
-  vae_dir = pathlib.Path(vae or VAE_DIR)
-  (tmp / VAE_HASH_FILE).write_text(
-    f"{vae_sha256(vae_dir)}  {vae_dir / 'diffusion_pytorch_model.safetensors'}\n"
+  vae_dir = pathlib.Path(vae or E.VAE_DIR)
+  (tmp / E.VAE_HASH_FILE).write_text(
+    f"{E.vae_sha256(vae_dir)}  {vae_dir / 'diffusion_pytorch_model.safetensors'}\n"
   )
   if out.exists():
     shutil.rmtree(out)

@@ -90,6 +90,16 @@ def test_model_refuses_another_vae(tmp_path):
     E.check_vae_hash(tmp_path, E.VAE_DIR)
 
 
+def test_model_folder_names_its_pose_drawing(tmp_path):
+  """Sampling draws poses as the model's training did; a folder without the file is official."""
+  assert E.pose_drawing(tmp_path) == "official"
+  (tmp_path / E.POSE_DRAWING_FILE).write_text("viewing\n")
+  assert E.pose_drawing(tmp_path) == "viewing"
+  (tmp_path / E.POSE_DRAWING_FILE).write_text("thin\n")
+  with pytest.raises(ValueError, match="unknown pose drawing 'thin'"):
+    E.pose_drawing(tmp_path)
+
+
 def test_toy_trains_then_demo_runs_on_it(tmp_path, capsys, monkeypatch):
   """The toy's whole recipe at test size: a puppet world, `scripts/train_puppet_model.py` (data
   build, `o2a train` stages 1-3 in child processes, official-layout exports), then `o2a demo` on
@@ -117,10 +127,11 @@ def test_toy_trains_then_demo_runs_on_it(tmp_path, capsys, monkeypatch):
   log = json.loads((model / "training.json").read_text())
   assert [s["steps"] for s in log["stages"]] == [2, 2, 2]
   assert all(np.isfinite(s["loss_last"][1]) for s in log["stages"])
+  assert E.pose_drawing(model) == "viewing"  # the puppet config's, recorded for sampling
   out = tmp_path / "demo"
   args = ["demo", "--model", str(model), "--out", str(out), "--frames", "9", "--chunk", "9",
           "--steps", "2", "--scale", "2", "--quiet"]  # fmt: skip
   assert main(args) == 0
-  metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-  assert np.isfinite(metrics["model"]["psnr_db"])
+  meta = json.loads((out / "metrics.json").read_text())
+  assert np.isfinite(meta["metrics"]["model"]["psnr_db"]) and meta["pose_drawing"] == "viewing"
   assert "PSNR" in capsys.readouterr().out

@@ -181,6 +181,50 @@ def test_prepare_modes(mode, retarget):
     assert out.mask.max() == 1
 
 
+@pytest.mark.parametrize("mode", ["ref", "pose"])
+def test_prepare_draws_with_the_models_drawing(mode):
+  """`drawing` reaches every pose `prepare` draws (driving frames and reference pose), and the
+  command line offers exactly `pose.render`'s drawings."""
+  from o2a_jax import pose as pose_lib
+  from o2a_jax.inference import cli
+
+  ref, drv = _ref_and_driving(2, 32)
+  image = np.full((32, 32, 3), 200, np.uint8)
+  kw = dict(mode=mode, size=(32, 32), progress=False)
+  official = prep.prepare(image, ref, drv, **kw)
+  viewing = prep.prepare(image, ref, drv, drawing="viewing", **kw)
+  want = pose_lib.render(prep.driving_dicts(drv, 32, 32)[1], 32, 32, face_change=True,
+                         drawing="viewing")  # fmt: skip
+  np.testing.assert_array_equal(viewing.poses[1], want)
+  # Continuous lines light several times the pixels of the official drawing's dots at 32 px.
+  for a, b in ((viewing.poses, official.poses), (viewing.ref_pose, official.ref_pose)):
+    assert (a.max(-1) > 40).sum() > 2 * (b.max(-1) > 40).sum()
+  np.testing.assert_array_equal(viewing.image, official.image)
+  with pytest.raises(ValueError, match="prepare: unknown pose drawing 'thin'"):
+    prep.prepare(image, ref, drv, drawing="thin", **kw)
+  for command in ("animate", "transfer", "render"):
+    action = next(
+      a for a in _subparser(cli, command)._actions if "--pose-drawing" in a.option_strings
+    )
+    assert tuple(action.choices) == pose_lib.DRAWINGS and action.default == "official"
+
+
+def _subparser(cli, command):
+  import argparse
+
+  parser = argparse.ArgumentParser()
+  cli.add_parser(parser.add_subparsers())
+  stack = [parser]
+  while stack:
+    p = stack.pop()
+    for a in p._actions:
+      if isinstance(a, argparse._SubParsersAction):
+        if command in a.choices:
+          return a.choices[command]
+        stack.extend(a.choices.values())
+  raise KeyError(command)
+
+
 def test_keypoints_without_scale_name_the_joints():
   ref, drv = _ref_and_driving(2)
   kp = drv.kp133.copy()

@@ -208,5 +208,7 @@ def test_viewing_pose_drawing_is_connected():
   assert view.shape == (256, 256, 3)
   assert pieces(view) == 1, pieces(view)
   assert pieces(render(body, 64, 64)) > 3
-  with pytest.raises(ValueError, match="canvas_short_side"):
-    render(body, 64, 64, canvas_short_side=0)
+  # The toy's model input at 64 px ("viewing") is the same continuous drawing.
+  assert pieces(render(body, 64, 64, drawing="viewing")) == 1
+  with pytest.raises(ValueError, match="unknown pose drawing 'thin'"):
+    render(body, 64, 64, drawing="thin")

@@ -484,3 +484,13 @@ def test_data_config_names_unknown_and_missing_keys():
   c.framez = 29
   with pytest.raises(ValueError, match=r"unknown keys \['framez'\], missing keys \['frames'\]"):
     DataConfig.from_config(c)
+
+
+def test_data_config_checks_the_pose_drawing():
+  from data_pipeline.config import DataConfig, get_data_config
+
+  c = get_data_config(2)
+  assert DataConfig.from_config(c).pose_drawing == "official"  # what the checkpoints saw
+  c.pose_drawing = "thin"
+  with pytest.raises(ValueError, match="config.data.pose_drawing: unknown pose drawing 'thin'"):
+    DataConfig.from_config(c)

@@ -150,6 +150,11 @@ def _add_generation_args(p, *, mode_default: str):
   r.add_argument("--no-face-change", action="store_true", help="draw faces at full brightness")
   r.add_argument("--head-change", action="store_true", help="dim the head joints")
   r.add_argument("--without-face", action="store_true", help="do not draw face landmarks")
+  _add_drawing_arg(
+    r,
+    "as the model was trained: official for the released checkpoints, viewing "
+    "for the puppet toy (its folder's pose_drawing.txt)",
+  )
   o = p.add_argument_group("output")
   o.add_argument("--out", required=True, help=".mp4, .gif, .png or a folder name")
   o.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -235,9 +240,21 @@ def add_parser(sub) -> None:
   )
   r.add_argument("--head-change", action="store_true", help="dim the head joints")
   r.add_argument("--without-face", action="store_true", help="do not draw face landmarks")
+  _add_drawing_arg(r, "viewing for a picture to look at at small sizes")
   _add_range_args(r)
   r.add_argument("--no-progress", action="store_true", help="hide the progress bars")
   r.set_defaults(func=run_render)
+
+
+def _add_drawing_arg(r, use: str) -> None:
+  r.add_argument(
+    "--pose-drawing",
+    choices=("official", "viewing"),  # o2a_jax.pose.render.DRAWINGS (not imported: light --help)
+    default="official",
+    help="how poses are drawn: 'official' (a 2160-px canvas resized bilinearly: broken dots below "
+    "about 128 px) or 'viewing' (a canvas twice the frame, area-averaged: continuous lines at any "
+    f"size); {use} (default official)",
+  )
 
 
 # --- options -> library values -----------------------------------------------------------------
@@ -299,6 +316,7 @@ def _generation_options(args, *, reproduce_official: bool = False) -> dict:
     face_change=not args.no_face_change,
     head_change=args.head_change,
     without_face=args.without_face,
+    drawing=args.pose_drawing,
   )
   progress = not args.no_progress
   return dict(files=files, text=text, sampling=sampling, preprocess=preprocess, progress=progress)
@@ -374,7 +392,7 @@ def run_render(args) -> int:
   frames = pose_sources.render_file(
     args.poses, size=args.size, start=args.start, count=args.frames, stride=args.stride,
     without_face=args.without_face, face_change=args.face_change, head_change=args.head_change,
-    progress=not args.no_progress,
+    drawing=args.pose_drawing, progress=not args.no_progress,
   )  # fmt: skip
   path = write_video(args.out, frames, args.fps)
   print(f"wrote {path} ({len(frames)} frames, {frames.shape[1]}x{frames.shape[2]})")

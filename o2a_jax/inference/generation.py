@@ -78,6 +78,7 @@ class Preprocess:
   face_change: bool = True
   head_change: bool = False
   without_face: bool = False
+  drawing: str = "official"  # `pose.render`'s DRAWINGS: as the model was trained
 
 
 @dataclasses.dataclass

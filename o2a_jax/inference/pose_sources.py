@@ -139,10 +139,11 @@ def extract(
 def render_file(
   path, *, size: tuple[int, int] | None = None, start: int = 0, count: int | None = None,
   stride: int = 1, without_face: bool = False, face_change: bool = False,
-  head_change: bool = False, progress: bool = True,
+  head_change: bool = False, drawing: str = "official", progress: bool = True,
 ) -> np.ndarray:  # fmt: skip
-  """The poses of a pose file drawn as the official renderer does: uint8 (F, H, W, 3) at `size`
-  (H, W), default the size the file records."""
+  """The poses of a pose file drawn as the official renderer does (or with another of
+  `pose.render`'s DRAWINGS): uint8 (F, H, W, 3) at `size` (H, W), default the size the file
+  records."""
   poses = read_pose_file(path)
   poses = poses.select(frame_indices(len(poses), start=start, count=count, stride=stride))
   if size is not None:
@@ -153,7 +154,9 @@ def render_file(
     h, w = poses.height, poses.width
   else:
     raise ValueError(f"{str(path)!r} does not record its frame size: give --size HxW")
-  flags = dict(without_face=without_face, face_change=face_change, head_change=head_change)
+  flags = dict(
+    without_face=without_face, face_change=face_change, head_change=head_change, drawing=drawing
+  )
   dicts = driving_dicts(poses, w, h)
   bar = tqdm(dicts, desc="rendering poses", unit="frame", disable=not progress)
   return np.stack([pose_lib.render(p, h, w, **flags) for p in bar])

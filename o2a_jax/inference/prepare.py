@@ -242,6 +242,7 @@ def prepare(
   face_change: bool = True,
   head_change: bool = False,
   without_face: bool = False,
+  drawing: str = "official",
   progress: bool = True,
 ) -> Prepared:
   """Reference image + reference pose + driving poses -> `Prepared` model inputs.
@@ -253,12 +254,14 @@ def prepare(
     (official retargeting to the reference / official align_to_pose). anchor: driving frame the
     reference is matched to; None picks it (`pick_anchor_frame`). size, max_short: see
     `inference_size`. face_change, head_change, without_face: driving-pose rendering flags (official
-    pose rendering).
+    pose rendering). drawing: how every pose is drawn (`pose.render`'s DRAWINGS), as the model
+    was trained: "official" for the released checkpoints, "viewing" for the puppet toy.
   """
   image = np.asarray(image)
   if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
     raise ValueError(f"reference image must be uint8 (H,W,3), got {image.dtype}{image.shape}")
   driving.check_usable("driving poses")
+  pose_lib.check_drawing(drawing, "prepare")
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if len(driving) < 1:
@@ -274,7 +277,7 @@ def prepare(
 
   if mode == "ref":
     image_in = image
-    pose_in = pose_lib.render(ref_pose, h_ref, w_ref, without_face=True)
+    pose_in = pose_lib.render(ref_pose, h_ref, w_ref, without_face=True, drawing=drawing)
     mask = np.zeros((h_ref, w_ref), np.uint8)
     if retarget:
       if not (isinstance(ref, Poses) and ref.kp133 is not None and driving.kp133 is not None):
@@ -286,15 +289,16 @@ def prepare(
       drv_kp = map_keypoints(driving.kp133, driving.width, driving.height, w_ref, h_ref)
       drv = pose_lib.retarget_to_reference(ref_kp, drv_kp, w_ref, h_ref, anchor=anchor)
   else:
-    image_in, pose_in, mask, _ = pose_lib.translate_reference(image, ref_pose, drv[anchor])
+    image_in, pose_in, mask, _ = pose_lib.translate_reference(
+      image, ref_pose, drv[anchor], drawing=drawing
+    )
     if retarget:
       drv = pose_lib.retarget_to_pose(ref_pose, drv, anchor=anchor)
 
   frames = np.empty((len(drv), hh, ww, 3), np.uint8)
+  flags = dict(without_face=without_face, face_change=face_change, head_change=head_change)
   for i, p in enumerate(tqdm(drv, desc="rendering poses", unit="frame", disable=not progress)):
-    drawn = pose_lib.render(
-      p, h_ref, w_ref, without_face=without_face, face_change=face_change, head_change=head_change
-    )
+    drawn = pose_lib.render(p, h_ref, w_ref, drawing=drawing, **flags)
     frames[i] = resize_crop(drawn, hh, ww)
   mask_out = resize_crop(mask, hh, ww).astype(np.float32) / 255.0
   return Prepared(

@@ -3,9 +3,10 @@ only.
 
 Public API (contract "Pose" section):
 
-- `render(pose, height, width, *, without_face, face_change, head_change)`: the official
-  `draw_pose_aligned`, uint8 (H,W,3) RGB.
-- `translate_reference(image, ref_pose, driving_pose)`: the official `warp_ref_to_pose`.
+- `render(pose, height, width, *, without_face, face_change, head_change, drawing)`: the official
+  `draw_pose_aligned`, uint8 (H,W,3) RGB; `drawing="viewing"` (of `DRAWINGS`, checked by
+  `check_drawing`) draws continuous lines at small sizes (the puppet toy's model input).
+- `translate_reference(image, ref_pose, driving_pose, *, drawing)`: the official `warp_ref_to_pose`.
 - `from_coco_wholebody(kp133, width, height)`: estimator keypoints -> pose dict.
 - `retarget_to_reference(ref_kp133, driving_kp133, width, height, *, anchor=0)`: the official
   `align_to_reference`.
@@ -29,15 +30,17 @@ from o2a_jax.pose.formats import (
   write_keypoints_json,
   write_poses_json,
 )
-from o2a_jax.pose.render import render
+from o2a_jax.pose.render import DRAWINGS, check_drawing, render
 from o2a_jax.pose.retarget_pose import retarget_to_pose
 from o2a_jax.pose.retarget_reference import retarget_to_reference
 from o2a_jax.pose.schema import as_pose
 from o2a_jax.pose.translate import body_scale_ratio, translate_reference
 
 __all__ = [
+  "DRAWINGS",
   "as_pose",
   "body_scale_ratio",
+  "check_drawing",
   "from_coco_wholebody",
   "from_dwpose_raw",
   "pick_anchor_frame",

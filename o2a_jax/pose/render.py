@@ -4,7 +4,9 @@ OpenCV.
 The skeleton is drawn on a large canvas (short side 2160 px) and resized bilinearly to the frame
 size. Every rounding step of the official code is kept as is (`int()` truncation of coordinates,
 lengths, angles and colours, the uint8 truncation after dimming the limbs by 0.6), because the model
-was trained on exactly these images.
+was trained on exactly these images. The one departure is opt-in (`drawing="viewing"`): the same
+drawing on a canvas twice the frame, area-averaged, for frames of a few dozen pixels where the
+official resize leaves broken dots (pictures for people, and the puppet toy's model input).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 from o2a_jax.pose.schema import as_pose
 
 _CANVAS_SHORT_SIDE = 2160
+# How a pose is drawn and brought to the frame size (`render`'s `drawing`).
+DRAWINGS = ("official", "viewing")
 # Coordinates at or below this (in pixels) mark "not detected" for hands and face (DWPose writes -1
 # there).
 _EPS = 0.01
@@ -166,8 +170,7 @@ def render(
   without_face: bool = False,
   face_change: bool = False,
   head_change: bool = False,
-  canvas_short_side: int = _CANVAS_SHORT_SIDE,
-  interpolation: int = cv2.INTER_LINEAR,
+  drawing: str = "official",
 ) -> np.ndarray:
   """Draws a pose as the official `draw_pose_aligned` does; uint8 (height, width, 3) RGB.
 
@@ -179,10 +182,12 @@ def render(
     face_change: draw the face landmarks at 35 % brightness (the "lighter face" signal).
     head_change: dim the head joints (nose, eyes, ears): their limbs get a constant faint colour
       and the joints are drawn black.
-    canvas_short_side, interpolation: the drawing canvas and the resize down to the frame; the
-      defaults are the official ones (what the model sees). At a few dozen pixels they leave
-      broken dots and bars (a 10-px line shrunk 34x bilinearly), so pictures meant for people
-      (`viewing`) draw on a canvas a few times the frame and area-average it.
+    drawing: one of `DRAWINGS`: the drawing canvas and the resize down to the frame.
+      "official" (what the released checkpoints saw): a canvas of short side 2160 resized
+      bilinearly; at a few dozen pixels that leaves broken dots and bars (a 10-px line shrunk
+      34x bilinearly keeps about 1 % of its pixels). "viewing": a canvas twice the frame
+      (at least 64 px) area-averaged, continuous at any size: the pictures meant for people,
+      and the model input of the small puppet toy (`configs/o2a.py:puppet`, `data.pose_drawing`).
   """
   height, width = int(height), int(width)
   if height <= 0 or width <= 0:
@@ -192,8 +197,7 @@ def render(
   if head_change:
     score[:, list(_HEAD_JOINTS)] = _DIMMED
 
-  if canvas_short_side < 1:
-    raise ValueError(f"render: canvas_short_side must be positive, got {canvas_short_side}")
+  canvas_short_side, interpolation = _canvas(drawing, height, width)
   short = min(height, width)
   ratio = (canvas_short_side / short) if short != canvas_short_side else 1
   canvas = np.zeros((int(height * ratio), int(width * ratio), 3), dtype=np.uint8)
@@ -205,8 +209,20 @@ def render(
 
 
 def viewing(pose, height: int, width: int) -> np.ndarray:
-  """A pose drawn to be looked at, uint8 (height, width, 3): the official drawing on a canvas
-  twice the frame (so lines keep the official width table's proportions, about 3 px at 256 px)
-  area-averaged down, continuous at any size. Not model input: `render` is."""
-  side = max(2 * min(int(height), int(width)), 64)
-  return render(pose, height, width, canvas_short_side=side, interpolation=cv2.INTER_AREA)
+  """A pose drawn to be looked at, uint8 (height, width, 3): `render` with drawing "viewing"."""
+  return render(pose, height, width, drawing="viewing")
+
+
+def check_drawing(drawing: str, where: str = "pose drawing") -> str:
+  """`drawing` if it is one of `DRAWINGS`, else a ValueError naming `where`."""
+  if drawing not in DRAWINGS:
+    raise ValueError(f"{where}: unknown pose drawing {drawing!r}; choose one of {DRAWINGS}")
+  return drawing
+
+
+def _canvas(drawing: str, height: int, width: int) -> tuple[int, int]:
+  """(canvas short side, cv2 interpolation of the resize to the frame) of a drawing."""
+  if check_drawing(drawing, "render") == "official":
+    return _CANVAS_SHORT_SIDE, cv2.INTER_LINEAR
+  # Twice the frame keeps the official width table's proportions (about 3 px lines at 256 px).
+  return max(2 * min(height, width), 64), cv2.INTER_AREA

@@ -101,7 +101,7 @@ def _check_length(length, what: str, label: str) -> None:
     )
 
 
-def translate_reference(image, ref_pose, driving_pose):
+def translate_reference(image, ref_pose, driving_pose, *, drawing: str = "official"):
   """Moves the reference onto the driving anchor pose (official `warp_ref_to_pose`, official
   pose-guided reference translation).
 
@@ -109,6 +109,7 @@ def translate_reference(image, ref_pose, driving_pose):
     image: uint8 (H,W,3) reference image (RGB).
     ref_pose: the reference image's pose dict.
     driving_pose: the driving pose of the anchor frame (normalised to the same H,W).
+    drawing: how the reference pose is drawn (`render`'s DRAWINGS; the model's training drawing).
 
   Returns:
     (image, pose_image, mask, affine): the warped reference uint8 (H,W,3); the reference pose drawn
@@ -130,7 +131,7 @@ def translate_reference(image, ref_pose, driving_pose):
     if not present_joints(p)[_NECK]:
       raise ValueError(f"{label}: the neck (1) is not detected; it anchors the translation")
   H, W = image.shape[:2]
-  pose_image = render(ref, H, W, without_face=True)
+  pose_image = render(ref, H, W, without_face=True, drawing=drawing)
 
   scale = body_scale_ratio(ref, drv)
   ref_kpt = np.asarray(ref["bodies"]["candidate"], dtype=np.float64)

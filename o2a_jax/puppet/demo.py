@@ -68,8 +68,8 @@ def _up(video: np.ndarray, k: int) -> np.ndarray:
 
 
 def viewing_poses(poses: list[dict], height: int, width: int, k: int) -> np.ndarray:
-  """The driving poses drawn for people at k times the frame size, uint8 (F,kH,kW,3) (the
-  model's own 64-px drawing is broken dots and bars once upscaled: `pose.render.viewing`)."""
+  """The driving poses drawn for people at k times the frame size, uint8 (F,kH,kW,3)
+  (`pose.render.viewing`: drawn at the shown size, not the model's 64-px input upscaled)."""
   from o2a_jax.pose.render import viewing
 
   return np.stack([viewing(p, height * k, width * k) for p in poses])
@@ -125,12 +125,15 @@ def run(args) -> int:
 
   t0 = time.perf_counter()
   model, vae = E.load_puppet_models(args.model or E.MODEL_DIR, args.vae or E.VAE_DIR)
+  drawing = E.pose_drawing(args.model or E.MODEL_DIR)
   t_load = time.perf_counter() - t0
   print(f"loaded the puppet model and VAE in {t_load:.1f} s")
 
   t0 = time.perf_counter()
   case = E.heldout_case(args.index, frames=args.frames)
-  inputs, image, ref_pose, driving = E.prepare_case(case, aligned=args.aligned, progress=progress)
+  inputs, image, ref_pose, driving = E.prepare_case(
+    case, aligned=args.aligned, drawing=drawing, progress=progress
+  )
   kind = "aligned (first frame)" if args.aligned else (
     f"misaligned ({case.meta['reference']['framing']['kind']} framing)")  # fmt: skip
   print(
@@ -181,6 +184,7 @@ def run(args) -> int:
     "image_guidance": args.image_guidance,
     "pose_guidance": args.pose_guidance,
     "seed": args.seed,
+    "pose_drawing": drawing,
     "seconds": {"load": t_load, "generate": t_gen, "total": time.perf_counter() - t_start},
     "metrics": figures,
     "ssim": "skimage defaults: grayscale (ITU-R 601), 7x7 uniform window, sample covariance",

@@ -59,6 +59,20 @@ def load_puppet_models(model_dir=MODEL_DIR, vae_dir=VAE_DIR):
 
 
 HEADS_FILE = "heads.json"  # in the model folder: {"num_heads", "head_dim"} (shapes cannot say)
+# In the model folder: how its pose inputs were drawn in training (`config.data.pose_drawing`, one
+# of `pose.render`'s DRAWINGS); sampling must draw them the same way.
+POSE_DRAWING_FILE = "pose_drawing.txt"
+
+
+def pose_drawing(model_dir) -> str:
+  """The pose drawing a model folder records (`POSE_DRAWING_FILE`); "official" where it has none
+  (official checkpoints, and the toys trained before the file existed, all drew that way)."""
+  from o2a_jax.pose import check_drawing
+
+  path = pathlib.Path(model_dir) / POSE_DRAWING_FILE
+  if not path.is_file():
+    return "official"
+  return check_drawing(path.read_text().strip(), str(path))
 
 
 def head_layout(model_dir) -> dict:
@@ -133,12 +147,12 @@ def heldout_case(
   return PuppetCase(clip.frames, clip.kp133, ref.frames[0], ref.kp133[0], clip.meta)
 
 
-def prepare_case(case: PuppetCase, *, aligned: bool, progress: bool = False):
+def prepare_case(case: PuppetCase, *, aligned: bool, drawing: str, progress: bool = False):
   """(Prepared inputs, reference image, reference pose dict, driving pose dicts) of a case.
 
   Aligned: the reference is the clip's first frame; misaligned: the other-framing still. The
   driving poses are the clip's exact keypoints ('ref' mode, no retargeting), as `o2a animate`
-  prepares them.
+  prepares them, drawn with `drawing` (the model folder's `pose_drawing`).
   """
   from o2a_jax.inference.prepare import Poses, driving_dicts, prepare, ref_dict
 
@@ -147,7 +161,7 @@ def prepare_case(case: PuppetCase, *, aligned: bool, progress: bool = False):
   ref_kp = case.kp133[0] if aligned else case.ref_kp133
   ref = Poses(kp133=np.asarray(ref_kp, np.float32)[None], width=w, height=h)
   drv = Poses(kp133=np.asarray(case.kp133, np.float32), width=w, height=h)
-  inputs = prepare(image, ref, drv, mode="ref", size=(h, w), progress=progress)
+  inputs = prepare(image, ref, drv, mode="ref", size=(h, w), drawing=drawing, progress=progress)
   return inputs, image, ref_dict(ref, w, h), driving_dicts(drv, w, h)
 
 
