@@ -130,7 +130,6 @@ class DataConfig:
   i2v: float
   buckets: str
   without_face_prob: float
-  pose_drawing: str
   limb_change_prob: float
   face_change_prob: float
   ref_noise_prob: float
@@ -144,6 +143,8 @@ class DataConfig:
   ref_pose_without_face: bool
   max_skipped_fraction: float
   seed: int
+  # Optional, so that configs saved before the key existed still load (they drew officially).
+  pose_drawing: str = "official"
 
   # Keys of `config.data` that belong to other sources (the built-in synthetic one).
   OTHER_SOURCES = ("synthetic",)

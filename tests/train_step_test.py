@@ -494,3 +494,5 @@ def test_data_config_checks_the_pose_drawing():
   c.pose_drawing = "thin"
   with pytest.raises(ValueError, match="config.data.pose_drawing: unknown pose drawing 'thin'"):
     DataConfig.from_config(c)
+  del c["pose_drawing"]  # a config saved before the key existed drew officially
+  assert DataConfig.from_config(c).pose_drawing == "official"
