@@ -127,7 +127,9 @@ def _assemble(
   if plan.drop_pose:
     pose_video = np.broadcast_to(blank, (frames, height, width, 3)).copy()
   else:
-    pose_video = _normalise(_render_all(driving_poses, h0, w0, vmap, **pose_flags))
+    pose_video = _normalise(
+      _render_all(driving_poses, h0, w0, vmap, drawing=cfg.pose_drawing, **pose_flags)
+    )
   if plan.drop_ref:
     ref_image, ref_mask = blank[None].copy(), np.zeros((1, height, width, 1), np.float32)
   else:
@@ -138,7 +140,8 @@ def _assemble(
     ref_pose_img = blank[None].copy()
   else:
     hole = A.rasterize(plan.region, ref_pose_map)
-    drawn = _normalise(ref_pose_map.gather(render(ref_pose, h0, w0, **ref_pose_flags)))
+    drawn = render(ref_pose, h0, w0, drawing=cfg.pose_drawing, **ref_pose_flags)
+    drawn = _normalise(ref_pose_map.gather(drawn))
     ref_pose_img = np.where(hole[..., None], np.float32(-1.0), drawn)[None]
   face_mask, ocr_mask = _masks(face_regions, ocr_regions, vmap)
   ref_image, sigma = A.reference_noise(
@@ -183,13 +186,8 @@ def video_sample(rec: dict, rng, cfg, height: int, width: int, frames: int, pool
   sample, info = _assemble(
     rng=rng, cfg=cfg, plan=plan, target=target, ref=ref, h0=h0, w0=w0, height=height,
     width=width, driving_poses=drawn, ref_pose=ref_pose,
-    pose_flags=dict(
-      without_face=without_face, face_change=face_change, head_change=head_change,
-      drawing=cfg.pose_drawing,
-    ),
-    ref_pose_flags=dict(
-      without_face=without_face or cfg.ref_pose_without_face, drawing=cfg.pose_drawing
-    ),
+    pose_flags=dict(without_face=without_face, face_change=face_change, head_change=head_change),
+    ref_pose_flags=dict(without_face=without_face or cfg.ref_pose_without_face),
     face_regions=A.face_regions(poses, h0, w0, cfg.hand_mask),
     ocr_regions=A.ocr_regions(rec.get("ocr_boxes"), idx, frames, h0, w0),
   )  # fmt: skip
@@ -222,13 +220,8 @@ def pair_sample(rec: dict, rng, cfg, height: int, width: int, pool=None):
   sample, info = _assemble(
     rng=rng, cfg=cfg, plan=plan, target=tgt[None], ref=src, h0=h0, w0=w0, height=height,
     width=width, driving_poses=drawn, ref_pose=src_pose,
-    pose_flags=dict(
-      without_face=without_face, face_change=face_change, head_change=head_change,
-      drawing=cfg.pose_drawing,
-    ),
-    ref_pose_flags=dict(
-      without_face=without_face or cfg.ref_pose_without_face, drawing=cfg.pose_drawing
-    ),
+    pose_flags=dict(without_face=without_face, face_change=face_change, head_change=head_change),
+    ref_pose_flags=dict(without_face=without_face or cfg.ref_pose_without_face),
     face_regions=A.face_regions([tgt_pose], h0, w0, cfg.hand_mask),
     ocr_regions=[A.Region()],
   )  # fmt: skip
