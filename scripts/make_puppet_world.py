@@ -47,6 +47,11 @@ def main(argv=None) -> int:
     "--thickness", type=float, default=1.6,
     help="puppet part thickness multiplier (default 1.6; 1.0: the worlds before this option)",
   )  # fmt: skip
+  p.add_argument(
+    "--moving-camera", type=float, default=0.0,
+    help="fraction of the training clips whose camera glides to another framing over the clip "
+    "(default 0, the worlds before this option; held-out clips keep a fixed camera)",
+  )  # fmt: skip
   args = p.parse_args(argv)
   t0 = time.perf_counter()
   try:
@@ -55,6 +60,7 @@ def main(argv=None) -> int:
       seed=args.seed, videos=args.videos, images=args.images, heldout=args.heldout,
       height=args.size, width=args.size, frames=args.frames, fps=args.fps, puppets=args.puppets,
       heldout_frames=args.heldout_frames, reference_background=args.reference_background,
+      moving_camera=args.moving_camera,
     )  # fmt: skip
     summary = write_world(cfg, args.out)
   except (ValueError, FileExistsError) as e:

@@ -1,5 +1,6 @@
 """The puppet world: determinism, keypoint/frame consistency, and the official on-disk layout."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -184,6 +185,36 @@ def test_world_backgrounds_and_thickness():
     WorldConfig(backgrounds=("solid", "marble"))
   with pytest.raises(ValueError, match="thickness"):
     WorldConfig(thickness=0.0)
+
+
+def test_moving_camera_glides_to_another_framing():
+  """`moving_camera`: the chosen training clips start as without it and end in a framing of another
+  kind (the puppet's size changes over the clip); the other clips and the held-out split (clips and
+  references) are unchanged, and a bad fraction is refused by name."""
+  fixed = WorldConfig(seed=3, frames=12, heldout=2)
+  moving = dataclasses.replace(fixed, moving_camera=1.0)
+  for k in range(3):
+    a, b = make_video(fixed, k), make_video(moving, k)
+    assert b.meta["framing_end"]["kind"] != b.meta["framing"]["kind"]
+    np.testing.assert_array_equal(a.frames[0], b.frames[0])
+    assert not np.array_equal(a.frames[-1], b.frames[-1])
+    end = b.meta["camera_end"]
+    assert b.meta["camera"]["scale"] != end["scale"]
+    # The head (never cut off by a framing) changes size with the camera's scale.
+    head = [(lab == D.PART_NAMES.index("head")).sum() for lab in b.labels]
+    ratio = (end["scale"] / b.meta["camera"]["scale"]) ** 2
+    assert head[-1] / head[0] == pytest.approx(ratio, rel=0.25), (head[0], head[-1], ratio)
+    assert not 0.8 < ratio < 1.25, ratio
+  some = dataclasses.replace(fixed, moving_camera=0.5)
+  moved = ["framing_end" in make_video(some, k).meta for k in range(16)]
+  assert 0 < sum(moved) < 16, moved
+  for k in range(2):
+    a, b = make_video(fixed, k, heldout=True), make_video(moving, k, heldout=True)
+    assert "framing_end" not in b.meta
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.meta["ref"].frames, b.meta["ref"].frames)
+  with pytest.raises(ValueError, match="moving_camera"):
+    WorldConfig(moving_camera=1.5)
 
 
 def test_viewing_pose_drawing_is_connected():

@@ -30,6 +30,9 @@ same puppet in another pose with another framing (full body, half body or close-
 and offset), in front of the target's background (`reference_background = "same"`, the default: the
 reference shows the scene, as a crop of the target's scene does in the paper's setting; "new" gives
 it an independent background, so the target's background cannot be known from it).
+With `moving_camera` > 0 that fraction of the training clips has a camera that glides from the
+clip's framing to one of another kind over the clip (`meta.framing_end`, `meta.camera_end`), so
+that the clip's own frames are references in other framings; held-out clips never move.
 
 Everything is a function of the world seed: item k of kind c draws from
 `np.random.default_rng([seed, c, k])`, so items do not depend on each other or on the counts.
@@ -65,7 +68,7 @@ IMAGE_COLUMNS = ("img_pairs", "aspect_ratio", "resolution")
 COLUMNS = VIDEO_COLUMNS + IMAGE_COLUMNS
 
 # Kinds of random streams (the second entry of every seed sequence).
-_PUPPET, _VIDEO, _IMAGE, _HELD_PUPPET, _HELD_VIDEO = 1, 2, 3, 4, 5
+_PUPPET, _VIDEO, _IMAGE, _HELD_PUPPET, _HELD_VIDEO, _MOVING_CAMERA = 1, 2, 3, 4, 5, 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +98,18 @@ class WorldConfig:
   # Multiplies every puppet's limb and torso thickness: thicker parts survive the small VAE's
   # compression at 64 px (1.0: the worlds before this option).
   thickness: float = 1.6
+  # Fraction of the training clips whose camera moves: it glides from the clip's framing to one of
+  # another kind (full body, half body, close-up) over the clip, so that a reference taken from
+  # another frame of the clip (the official choice) shows the puppet at another size and place,
+  # as the demo's reference does. Held-out clips keep a fixed camera (the evaluation is the same
+  # as in worlds without it). 0: the worlds before this option.
+  moving_camera: float = 0.0
 
   def __post_init__(self):
     kinds = check_background_kinds(self.backgrounds, "world: backgrounds")
     object.__setattr__(self, "backgrounds", kinds)
+    if not 0.0 <= self.moving_camera <= 1.0:
+      raise ValueError(f"world: moving_camera must be in [0, 1], got {self.moving_camera}")
     if not 0.25 <= self.thickness <= 4.0:
       raise ValueError(f"world: thickness must be in [0.25, 4], got {self.thickness}")
     for name in ("videos", "images", "heldout", "puppets", "heldout_puppets"):
@@ -158,16 +169,26 @@ def render_clip(
   *,
   supersample: int = 4,
   meta: dict | None = None,
+  framing_end: Framing | None = None,
 ) -> Clip:
-  """Renders the motion `angles` of puppet `spec`; keypoints and frames share one projection."""
+  """Renders the motion `angles` of puppet `spec`; keypoints and frames share one projection.
+
+  With `framing_end` the camera glides from `framing` (first frame) to `framing_end` (last frame),
+  eased in and out; the background stays fixed to the frame (a backdrop)."""
   world, vis = S.joints_3d(angles, spec.proportions)
   cam = D.camera_for(world, framing, spec.proportions, height, width)
-  px = cam.project(world)
+  cams = [cam] * len(world)
+  info_end = {}
+  if framing_end is not None:
+    end = D.camera_for(world, framing_end, spec.proportions, height, width)
+    cams = [_camera_between(cam, end, a) for a in _glide(len(world))]
+    info_end = {"framing_end": framing_end.to_json(), "camera_end": dataclasses.asdict(end)}
+  px = np.stack([c.project(w) for c, w in zip(cams, world)])
   kp = S.keypoints(px, vis, height, width)
   bg = background.draw(height, width)
   frames, labels = [], []
   for t in range(len(px)):
-    img, lab = D.render_frame(spec, px[t], vis[t], bg, cam.scale, supersample=supersample)
+    img, lab = D.render_frame(spec, px[t], vis[t], bg, cams[t].scale, supersample=supersample)
     frames.append(img)
     labels.append(lab)
   info = {
@@ -175,9 +196,29 @@ def render_clip(
     "framing": framing.to_json(),
     "background": background.to_json(),
     "camera": dataclasses.asdict(cam),
+    **info_end,
     **(meta or {}),
   }
   return Clip(np.stack(frames), kp, np.stack(labels), info)
+
+
+def _glide(n: int) -> np.ndarray:
+  """(n,) camera path from 0 to 1, smoothstep-eased (no jump in speed at either end)."""
+  a = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+  return a * a * (3 - 2 * a)
+
+
+def _camera_between(a: S.Camera, b: S.Camera, t: float) -> S.Camera:
+  """The camera a fraction `t` of the way from `a` to `b`.
+
+  Every parameter is interpolated linearly, so each point's pixel is the same interpolation of its
+  pixels under `a` and `b`: what both cameras keep in the frame stays in it all the way (a
+  geometric zoom with a linear centre can swing the puppet out of the frame)."""
+  return S.Camera(
+    scale=float(a.scale + t * (b.scale - a.scale)),
+    cx=float(a.cx + t * (b.cx - a.cx)),
+    cy=float(a.cy + t * (b.cy - a.cy)),
+  )
 
 
 def make_video(cfg: WorldConfig, k: int, heldout: bool = False) -> Clip:
@@ -191,6 +232,9 @@ def make_video(cfg: WorldConfig, k: int, heldout: bool = False) -> Clip:
   angles = make_motion(motion, rng, n, cfg.fps)
   framing = Framing.sample(rng)
   background = Background.sample(rng, cfg.backgrounds)
+  framing_end = None
+  if not heldout and cfg.moving_camera > 0:
+    framing_end = _moving_framing(cfg, k, spec, angles, framing)
   clip = render_clip(
     spec,
     angles,
@@ -200,6 +244,7 @@ def make_video(cfg: WorldConfig, k: int, heldout: bool = False) -> Clip:
     cfg.width,
     supersample=cfg.supersample,
     meta={"puppet_index": p, "heldout": heldout, "motion": motion, "fps": cfg.fps},
+    framing_end=framing_end,
   )
   if heldout:
     # A misaligned reference: the same puppet in a still pose with another framing, in front of
@@ -218,6 +263,36 @@ def make_video(cfg: WorldConfig, k: int, heldout: bool = False) -> Clip:
     clip.meta["reference"] = {k: ref.meta[k] for k in ("framing", "background", "camera")}
     clip.meta["ref"] = ref
   return clip
+
+
+def _moving_framing(
+  cfg: WorldConfig, k: int, spec: PuppetSpec, angles: dict[str, np.ndarray], framing: Framing
+) -> Framing | None:
+  """The framing training clip k's camera glides to, or None for a fixed camera.
+
+  Drawn from a stream of its own, so that the rest of the clip is the same with or without
+  `moving_camera`. A glide must keep at least `_MIN_BODY_JOINTS` body joints in every frame (a
+  close-up framed on the clip's mean position loses a puppet that walks off it); up to
+  `_GLIDE_TRIES` end framings are drawn, then the camera stays fixed.
+  """
+  move = _rng(cfg, _MOVING_CAMERA, k)
+  if move.random() >= cfg.moving_camera:
+    return None
+  world, vis = S.joints_3d(angles, spec.proportions)
+  start = D.camera_for(world, framing, spec.proportions, cfg.height, cfg.width)
+  kinds = [f for f in ("full", "half", "close") if f != framing.kind]
+  for _ in range(_GLIDE_TRIES):
+    end = Framing.sample(move, kinds[int(move.integers(len(kinds)))])
+    cam = D.camera_for(world, end, spec.proportions, cfg.height, cfg.width)
+    cams = [_camera_between(start, cam, a) for a in _glide(len(world))]
+    px = np.stack([c.project(w) for c, w in zip(cams, world)])
+    kp = S.keypoints(px, vis, cfg.height, cfg.width)
+    if (kp[:, :17, 2] > 0).sum(1).min() >= _MIN_BODY_JOINTS:
+      return end
+  return None
+
+
+_GLIDE_TRIES, _MIN_BODY_JOINTS = 4, 5
 
 
 def make_image_pair(cfg: WorldConfig, k: int) -> tuple[Clip, Clip]:
