@@ -181,9 +181,9 @@ def render_clip(
   info_end = {}
   if framing_end is not None:
     end = D.camera_for(world, framing_end, spec.proportions, height, width)
-    cams = [_camera_between(cam, end, a) for a in _glide(len(world))]
+    cams = _glide_cameras(cam, end, len(world))
     info_end = {"framing_end": framing_end.to_json(), "camera_end": dataclasses.asdict(end)}
-  px = np.stack([c.project(w) for c, w in zip(cams, world)])
+  px = _project(cams, world)
   kp = S.keypoints(px, vis, height, width)
   bg = background.draw(height, width)
   frames, labels = [], []
@@ -202,10 +202,16 @@ def render_clip(
   return Clip(np.stack(frames), kp, np.stack(labels), info)
 
 
-def _glide(n: int) -> np.ndarray:
-  """(n,) camera path from 0 to 1, smoothstep-eased (no jump in speed at either end)."""
+def _glide_cameras(start: S.Camera, end: S.Camera, n: int) -> list[S.Camera]:
+  """The n cameras of a glide from `start` to `end`, smoothstep-eased (no jump in speed at
+  either end)."""
   a = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
-  return a * a * (3 - 2 * a)
+  return [_camera_between(start, end, t) for t in a * a * (3 - 2 * a)]
+
+
+def _project(cams: list[S.Camera], world: np.ndarray) -> np.ndarray:
+  """(N,137,3) world joints -> pixels, frame t through camera t."""
+  return np.stack([c.project(w) for c, w in zip(cams, world)])
 
 
 def _camera_between(a: S.Camera, b: S.Camera, t: float) -> S.Camera:
@@ -284,9 +290,9 @@ def _moving_framing(
   for _ in range(_GLIDE_TRIES):
     end = Framing.sample(move, kinds[int(move.integers(len(kinds)))])
     cam = D.camera_for(world, end, spec.proportions, cfg.height, cfg.width)
-    cams = [_camera_between(start, cam, a) for a in _glide(len(world))]
-    px = np.stack([c.project(w) for c, w in zip(cams, world)])
-    kp = S.keypoints(px, vis, cfg.height, cfg.width)
+    kp = S.keypoints(
+      _project(_glide_cameras(start, cam, len(world)), world), vis, cfg.height, cfg.width
+    )
     if (kp[:, :17, 2] > 0).sum(1).min() >= _MIN_BODY_JOINTS:
       return end
   return None
