@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 
 N_KP = 133
+BODY = slice(0, 17)  # the 17 COCO body joints (feet follow at 17-22)
 FACE = slice(23, 91)
 LEFT_HAND = slice(91, 112)
 RIGHT_HAND = slice(112, 133)

@@ -69,6 +69,8 @@ COLUMNS = VIDEO_COLUMNS + IMAGE_COLUMNS
 
 # Kinds of random streams (the second entry of every seed sequence).
 _PUPPET, _VIDEO, _IMAGE, _HELD_PUPPET, _HELD_VIDEO, _MOVING_CAMERA = 1, 2, 3, 4, 5, 6
+# A moving camera's end framing: draws allowed, and body joints every frame must keep in view.
+_GLIDE_TRIES, _MIN_BODY_JOINTS = 4, 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,12 +295,9 @@ def _moving_framing(
     kp = S.keypoints(
       _project(_glide_cameras(start, cam, len(world)), world), vis, cfg.height, cfg.width
     )
-    if (kp[:, :17, 2] > 0).sum(1).min() >= _MIN_BODY_JOINTS:
+    if (kp[:, S.BODY, 2] > 0).sum(1).min() >= _MIN_BODY_JOINTS:
       return end
   return None
-
-
-_GLIDE_TRIES, _MIN_BODY_JOINTS = 4, 5
 
 
 def make_image_pair(cfg: WorldConfig, k: int) -> tuple[Clip, Clip]:
