@@ -2,15 +2,18 @@
 
   python scripts/make_puppet_world.py --out /tmp/puppets --videos 64 --images 32 --seed 0 --size 64
 
-Writes the official training layout of official training data layout (`train.csv`, `heldout.csv`,
+Writes the official training data layout (`train.csv`, `heldout.csv`,
 MP4 clips with per-video `_pose.npy` files, image pairs with `_pose.npy` files) plus lossless ground
-truth under `gt/`; see `o2a_jax/puppet/world.py` for the layout. Deterministic for a given seed.
+truth under `gt/`; see `o2a_jax/puppet/world.py` for the layout. The same files for a given seed
+and any --workers (at the default lossless --quality 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
+import signal
 import sys
 import time
 
@@ -52,7 +55,20 @@ def main(argv=None) -> int:
     help="fraction of the training clips whose camera glides to another framing over the clip "
     "(default 0, the worlds before this option; held-out clips keep a fixed camera)",
   )  # fmt: skip
+  p.add_argument(
+    "--quality", type=int, default=0,
+    help="x264 CRF of the MP4 clips (default 0: lossless, the only setting that writes the same "
+    "files on every run; 12: the worlds before this option)",
+  )  # fmt: skip
+  p.add_argument(
+    "--workers", type=int, default=0,
+    help="processes rendering and encoding the items (default 0: one per CPU core of this "
+    "process; the world is the same for any count)",
+  )  # fmt: skip
   args = p.parse_args(argv)
+  # SIGTERM as an exception, so that write_world stops its workers and removes its unfinished
+  # folder (the default action would end the process with the folder and the workers left).
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
   t0 = time.perf_counter()
   try:
     cfg = WorldConfig(
@@ -60,9 +76,11 @@ def main(argv=None) -> int:
       seed=args.seed, videos=args.videos, images=args.images, heldout=args.heldout,
       height=args.size, width=args.size, frames=args.frames, fps=args.fps, puppets=args.puppets,
       heldout_frames=args.heldout_frames, reference_background=args.reference_background,
-      moving_camera=args.moving_camera,
+      moving_camera=args.moving_camera, quality=args.quality,
     )  # fmt: skip
-    summary = write_world(cfg, args.out)
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
+    workers = args.workers or len(cores)
+    summary = write_world(cfg, args.out, workers=workers)
   except (ValueError, FileExistsError) as e:
     print(f"make_puppet_world: error: {e}", file=sys.stderr)
     return 2

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from o2a_jax.puppet.world import (
   make_image_pair,
   make_video,
   read_csv,
+  write_mp4_444,
   write_world,
 )
 
@@ -159,9 +161,41 @@ def test_refuses_non_empty_output(world):
     write_world(CFG, out, progress=False)
 
 
-def test_bad_config_raises():
+def test_world_files_are_the_same_for_any_worker_count(world, tmp_path):
+  """Every file, byte for byte, whether written by one process or by two (and on every run)."""
+  out, _ = world
+  again = tmp_path / "again"
+  write_world(CFG, again, progress=False, workers=2)
+  files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+  assert files == sorted(str(p.relative_to(again)) for p in again.rglob("*") if p.is_file())
+  for f in files:
+    assert (out / f).read_bytes() == (again / f).read_bytes(), f
+
+
+def test_world_clips_decode_the_same_whatever_was_allocated_before(tmp_path):
+  """libx264's lossy choices depend on stale heap contents (`write_mp4_444`); the world's default
+  (lossless) clips decode to the same frames, within the YUV rounding of the ground truth."""
+  clip = make_video(WorldConfig(seed=5), 1)  # 48 frames
+  rng = np.random.default_rng(0)
+  decoded = []
+  for i in range(6):
+    junk = [os.urandom(int(n)) for n in rng.integers(1000, 300_000, 50)]
+    del junk  # freed blocks full of other bytes
+    write_mp4_444(tmp_path / f"{i}.mp4", clip.frames, 16.0, WorldConfig().quality)
+    decoded.append(read_video(tmp_path / f"{i}.mp4")[0])
+  for d in decoded[1:]:
+    np.testing.assert_array_equal(d, decoded[0])
+  assert np.abs(decoded[0].astype(int) - clip.frames).max() <= 2
+
+
+def test_bad_config_raises(tmp_path):
   with pytest.raises(ValueError, match="multiples of 16"):
     WorldConfig(height=60)
+  with pytest.raises(ValueError, match="quality"):
+    WorldConfig(quality=-1)
+  with pytest.raises(ValueError, match="workers"):
+    write_world(CFG, tmp_path / "w", progress=False, workers=0)
+  assert not (tmp_path / "w").exists()
   with pytest.raises(ValueError, match="unknown motion"):
     make_motion("jump", np.random.default_rng(0), 4, 16.0)
 

@@ -35,7 +35,10 @@ clip's framing to one of another kind over the clip (`meta.framing_end`, `meta.c
 that the clip's own frames are references in other framings; held-out clips never move.
 
 Everything is a function of the world seed: item k of kind c draws from
-`np.random.default_rng([seed, c, k])`, so items do not depend on each other or on the counts.
+`np.random.default_rng([seed, c, k])`, so items do not depend on each other or on the counts,
+and `write_world(workers=N)` writes them in N processes with the same files. The MP4 clips are
+lossless by default (`quality` 0), the only x264 setting whose output is reproducible
+(`write_mp4_444`).
 """
 
 from __future__ import annotations
@@ -87,7 +90,10 @@ class WorldConfig:
   puppets: int = 0  # training identities; 0 = max(2, videos // 4)
   heldout_puppets: int = 0  # 0 = max(1, heldout // 2)
   supersample: int = 4
-  quality: int = 12  # x264 CRF of the MP4 files
+  # x264 CRF of the MP4 files. 0 (lossless) is the only deterministic setting: at any other the
+  # encoder's choices depend on uninitialised memory (`write_mp4_444`), so the same world would
+  # be written with other pixels on every run. The worlds before this option used 12.
+  quality: int = 0
   # Background of a misaligned reference (held-out references, training image-pair sources):
   # "same" = the scene of its target (the paper's setting: a crop of the same scene, so the
   # target's background is recoverable from the reference); "new" = an independent one, as the
@@ -112,6 +118,8 @@ class WorldConfig:
     object.__setattr__(self, "backgrounds", kinds)
     if not 0.0 <= self.moving_camera <= 1.0:
       raise ValueError(f"world: moving_camera must be in [0, 1], got {self.moving_camera}")
+    if not 0 <= self.quality <= 51:
+      raise ValueError(f"world: quality (x264 CRF) must be in [0, 51], got {self.quality}")
     if not 0.25 <= self.thickness <= 4.0:
       raise ValueError(f"world: thickness must be in [0.25, 4], got {self.thickness}")
     for name in ("videos", "images", "heldout", "puppets", "heldout_puppets"):
@@ -385,7 +393,11 @@ def write_mp4_444(path: pathlib.Path, frames: np.ndarray, fps: float, crf: int) 
   """H.264 in full-resolution chroma (yuv444p), atomically.
 
   yuv420p's half-resolution chroma caps a 64x64 puppet clip at about 31 dB PSNR (small coloured
-  parts bleed); 4:4:4 at CRF 12 gives about 42 dB. `o2a_jax.io.video.read_video` reads it.
+  parts bleed); 4:4:4 at CRF 12 gives about 42 dB, and CRF 0 is lossless (the frames come back
+  within 2 levels, the RGB <-> YUV rounding). Only CRF 0 is reproducible: with libx264 as PyAV
+  ships it, a lossy encoding of the same frames depends on what the process allocated before
+  (one clip encoded 20 times with other allocations in between gave 10 different bitstreams and
+  decoded frames at CRF 12, 16 at CRF 4, one at CRF 0). `o2a_jax.io.video.read_video` reads it.
   """
   video_io.write_video(path, frames, fps, quality=crf, chroma="444")
 
@@ -453,12 +465,17 @@ def _image_rows(pairs: list[dict], n_videos: int, h: int, w: int, start: int) ->
   ]
 
 
-def write_world(cfg: WorldConfig, out: str | os.PathLike, *, progress: bool = True) -> dict:
+def write_world(
+  cfg: WorldConfig, out: str | os.PathLike, *, progress: bool = True, workers: int = 1
+) -> dict:
   """Generates and writes the world; returns the `world.json` summary.
 
   Refuses a non-empty `out` folder (FileExistsError), so two worlds never mix; the folder appears
-  only once it is complete.
+  only once it is complete. `workers` > 1 renders and encodes the items in that many processes;
+  every item draws from its own stream, so the files are the same for any count.
   """
+  if workers < 1:
+    raise ValueError(f"world: workers must be >= 1, got {workers}")
   final = pathlib.Path(out)
   if final.exists() and (not final.is_dir() or any(final.iterdir())):
     raise FileExistsError(f"{final} exists and is not an empty folder; choose a new --out")
@@ -466,7 +483,7 @@ def write_world(cfg: WorldConfig, out: str | os.PathLike, *, progress: bool = Tr
   # The world is built in a temporary sibling folder and renamed into place when complete.
   out = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
   try:
-    summary = _write(cfg, out, progress)
+    summary = _write(cfg, out, progress, workers)
     if final.exists():
       final.rmdir()  # empty (checked above)
     publish_mode(out)
@@ -477,73 +494,119 @@ def write_world(cfg: WorldConfig, out: str | os.PathLike, *, progress: bool = Tr
   return summary
 
 
-def _write(cfg: WorldConfig, out: pathlib.Path, progress: bool) -> dict:
+def _write_video(cfg: WorldConfig, out: pathlib.Path, k: int) -> dict:
+  """Training clip k: its files, and its CSV row."""
+  clip = make_video(cfg, k)
+  name = f"v{k:05d}"
+  row = _video_row(out, name, clip, cfg)
+  save_npz(
+    out / "gt" / f"{name}.npz",
+    frames=clip.frames,
+    kp133=clip.kp133.astype(np.float32),
+    labels=clip.labels,
+    meta=json.dumps(clip.meta),
+  )
+  return row
+
+
+def _pair(spec: PuppetSpec, src_path: str, tgt_path: str) -> dict:
+  cap = caption(spec, "still")
+  return {
+    "src_path": src_path,
+    "tgt_path": tgt_path,
+    "tgt_pose_path": tgt_path.replace(".png", "_pose.npy"),
+    "qwen_caption": cap,
+    "text": cap,
+  }
+
+
+def _write_image_pair(cfg: WorldConfig, out: pathlib.Path, k: int) -> dict:
+  """Training image pair k: its files, and its entry of an image row."""
+  src, tgt = make_image_pair(cfg, k)
+  spec = PuppetSpec.from_json(src.meta["puppet"])
+  return _pair(spec, _image(out, f"i{2 * k:05d}", src), _image(out, f"i{2 * k + 1:05d}", tgt))
+
+
+def _write_heldout(cfg: WorldConfig, out: pathlib.Path, k: int) -> tuple[dict, dict]:
+  """Held-out clip k with its misaligned reference: its files, its CSV row and image pair."""
+  clip = make_video(cfg, k, heldout=True)
+  ref = clip.meta.pop("ref")
+  name = f"h{k:05d}"
+  row = _video_row(out, name, clip, cfg)
+  save_npz(
+    out / "gt" / f"{name}.npz",
+    frames=clip.frames,
+    kp133=clip.kp133.astype(np.float32),
+    labels=clip.labels,
+    ref_frame=ref.frames[0],
+    ref_kp133=ref.kp133[0].astype(np.float32),
+    ref_labels=ref.labels[0],
+    meta=json.dumps(clip.meta),
+  )
+  # The misaligned reference and a frame of the clip as an image pair of the held-out split.
+  spec = PuppetSpec.from_json(clip.meta["puppet"])
+  tgt = Clip(clip.frames[:1], clip.kp133[:1], clip.labels[:1], clip.meta)
+  return row, _pair(spec, _image(out, f"{name}_ref", ref), _image(out, f"{name}_f0", tgt))
+
+
+_WRITERS = {"video": _write_video, "image": _write_image_pair, "heldout": _write_heldout}
+
+
+def _write_item(cfg: WorldConfig, out: pathlib.Path, job: tuple[str, int]):
+  return _WRITERS[job[0]](cfg, out, job[1])
+
+
+def _end_with_parent() -> None:
+  """A worker is killed when the process that started it dies (Linux; elsewhere a no-op).
+
+  Without it, a writer killed by SIGKILL leaves its idle workers waiting for work forever.
+  """
+  import ctypes
+  import signal
+  import sys
+
+  if sys.platform.startswith("linux"):
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _write(cfg: WorldConfig, out: pathlib.Path, progress: bool, workers: int) -> dict:
+  import concurrent.futures
+  import functools
+  import multiprocessing
+
   from tqdm import tqdm
 
-  total = cfg.videos + cfg.images + cfg.heldout
-  bar = tqdm(total=total, desc="puppet world", unit="item", disable=not progress)
-  h, w = cfg.height, cfg.width
-  train_rows, held_rows, train_pairs, held_pairs = [], [], [], []
-  for k in range(cfg.videos):
-    clip = make_video(cfg, k)
-    name = f"v{k:05d}"
-    train_rows.append(_video_row(out, name, clip, cfg))
-    save_npz(
-      out / "gt" / f"{name}.npz",
-      frames=clip.frames,
-      kp133=clip.kp133.astype(np.float32),
-      labels=clip.labels,
-      meta=json.dumps(clip.meta),
+  jobs = [("video", k) for k in range(cfg.videos)]
+  jobs += [("image", k) for k in range(cfg.images)]
+  jobs += [("heldout", k) for k in range(cfg.heldout)]
+  write = functools.partial(_write_item, cfg, out)
+  bar = tqdm(total=len(jobs), desc="puppet world", unit="item", disable=not progress)
+  results = []
+  if workers == 1 or len(jobs) < 2:
+    for job in jobs:
+      results.append(write(job))
+      bar.update()
+  else:
+    # Spawned, not forked: the parent has imported JAX, whose threads do not survive a fork.
+    pool = concurrent.futures.ProcessPoolExecutor(
+      min(workers, len(jobs)),
+      mp_context=multiprocessing.get_context("spawn"),
+      initializer=_end_with_parent,
     )
-    bar.update()
-  for k in range(cfg.images):
-    src, tgt = make_image_pair(cfg, k)
-    spec = PuppetSpec.from_json(src.meta["puppet"])
-    src_path = _image(out, f"i{2 * k:05d}", src)
-    tgt_path = _image(out, f"i{2 * k + 1:05d}", tgt)
-    cap = caption(spec, "still")
-    train_pairs.append(
-      {
-        "src_path": src_path,
-        "tgt_path": tgt_path,
-        "tgt_pose_path": tgt_path.replace(".png", "_pose.npy"),
-        "qwen_caption": cap,
-        "text": cap,
-      }
-    )
-    bar.update()
-  for k in range(cfg.heldout):
-    clip = make_video(cfg, k, heldout=True)
-    ref = clip.meta.pop("ref")
-    name = f"h{k:05d}"
-    held_rows.append(_video_row(out, name, clip, cfg))
-    save_npz(
-      out / "gt" / f"{name}.npz",
-      frames=clip.frames,
-      kp133=clip.kp133.astype(np.float32),
-      labels=clip.labels,
-      ref_frame=ref.frames[0],
-      ref_kp133=ref.kp133[0].astype(np.float32),
-      ref_labels=ref.labels[0],
-      meta=json.dumps(clip.meta),
-    )
-    # The misaligned reference and a frame of the clip as an image pair of the held-out split.
-    spec = PuppetSpec.from_json(clip.meta["puppet"])
-    ref_path = _image(out, f"{name}_ref", ref)
-    tgt = Clip(clip.frames[:1], clip.kp133[:1], clip.labels[:1], clip.meta)
-    tgt_path = _image(out, f"{name}_f0", tgt)
-    cap = caption(spec, "still")
-    held_pairs.append(
-      {
-        "src_path": ref_path,
-        "tgt_path": tgt_path,
-        "tgt_pose_path": tgt_path.replace(".png", "_pose.npy"),
-        "qwen_caption": cap,
-        "text": cap,
-      }
-    )
-    bar.update()
+    try:  # one item per task: the bar moves per item, and a failure waits for one item only
+      for r in pool.map(write, jobs):
+        results.append(r)
+        bar.update()
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
   bar.close()
+  kinds = [kind for kind, _ in jobs]
+  train_rows = [r for kind, r in zip(kinds, results) if kind == "video"]
+  train_pairs = [r for kind, r in zip(kinds, results) if kind == "image"]
+  held = [r for kind, r in zip(kinds, results) if kind == "heldout"]
+  held_rows, held_pairs = [r for r, _ in held], [p for _, p in held]
+  h, w = cfg.height, cfg.width
   train_rows += _image_rows(train_pairs, cfg.videos, h, w, 0)
   held_rows += _image_rows(held_pairs, cfg.heldout, h, w, len(train_rows))
   write_csv(out / "train.csv", train_rows)
