@@ -78,8 +78,11 @@ def main(argv=None) -> int:
       heldout_frames=args.heldout_frames, reference_background=args.reference_background,
       moving_camera=args.moving_camera, quality=args.quality,
     )  # fmt: skip
-    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
-    workers = args.workers or len(cores)
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may use (Linux)
+      cores = len(os.sched_getaffinity(0))
+    else:
+      cores = os.cpu_count() or 1
+    workers = args.workers or cores
     summary = write_world(cfg, args.out, workers=workers)
   except (ValueError, FileExistsError) as e:
     print(f"make_puppet_world: error: {e}", file=sys.stderr)

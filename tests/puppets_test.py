@@ -173,8 +173,9 @@ def test_world_files_are_the_same_for_any_worker_count(world, tmp_path):
 
 
 def test_world_clips_decode_the_same_whatever_was_allocated_before(tmp_path):
-  """libx264's lossy choices depend on stale heap contents (`write_mp4_444`); the world's default
-  (lossless) clips decode to the same frames, within the YUV rounding of the ground truth."""
+  """libx264's lossy output depends on what the process allocated before (`write_mp4_444`); the
+  world's default (lossless) clips decode to the same frames, within the YUV rounding of the
+  ground truth."""
   clip = make_video(WorldConfig(seed=5), 1)  # 48 frames
   rng = np.random.default_rng(0)
   decoded = []

@@ -91,8 +91,8 @@ class WorldConfig:
   heldout_puppets: int = 0  # 0 = max(1, heldout // 2)
   supersample: int = 4
   # x264 CRF of the MP4 files. 0 (lossless) is the only deterministic setting: at any other the
-  # encoder's choices depend on uninitialised memory (`write_mp4_444`), so the same world would
-  # be written with other pixels on every run. The worlds before this option used 12.
+  # encoder's choices depend on what the process allocated before (`write_mp4_444`), so the same
+  # world would be written with other pixels on every run. The worlds before this option used 12.
   quality: int = 0
   # Background of a misaligned reference (held-out references, training image-pair sources):
   # "same" = the scene of its target (the paper's setting: a crop of the same scene, so the
