@@ -373,6 +373,18 @@ def save_npz(path: pathlib.Path, **arrays) -> None:
   write_bytes_atomic(path, buf.getvalue())
 
 
+def _save_gt(out: pathlib.Path, name: str, clip: Clip, **extra: np.ndarray) -> None:
+  """`gt/<name>.npz`: the clip's lossless frames, keypoints, part labels, `extra`, and meta."""
+  save_npz(
+    out / "gt" / f"{name}.npz",
+    frames=clip.frames,
+    kp133=clip.kp133.astype(np.float32),
+    labels=clip.labels,
+    **extra,
+    meta=json.dumps(clip.meta),
+  )
+
+
 def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -432,13 +444,7 @@ def _image(out: pathlib.Path, name: str, clip: Clip) -> str:
   h, w = clip.frames.shape[1:3]
   write_video(out / "images" / f"{name}.png", clip.frames[:1])
   save_pose_npy(out / "images" / f"{name}_pose.npy", poses_from_kp(clip.kp133[:1], h, w))
-  save_npz(
-    out / "gt" / f"{name}.npz",
-    frames=clip.frames,
-    kp133=clip.kp133.astype(np.float32),
-    labels=clip.labels,
-    meta=json.dumps(clip.meta),
-  )
+  _save_gt(out, name, clip)
   return f"images/{name}.png"
 
 
@@ -499,13 +505,7 @@ def _write_video(cfg: WorldConfig, out: pathlib.Path, k: int) -> dict:
   clip = make_video(cfg, k)
   name = f"v{k:05d}"
   row = _video_row(out, name, clip, cfg)
-  save_npz(
-    out / "gt" / f"{name}.npz",
-    frames=clip.frames,
-    kp133=clip.kp133.astype(np.float32),
-    labels=clip.labels,
-    meta=json.dumps(clip.meta),
-  )
+  _save_gt(out, name, clip)
   return row
 
 
@@ -533,15 +533,13 @@ def _write_heldout(cfg: WorldConfig, out: pathlib.Path, k: int) -> tuple[dict, d
   ref = clip.meta.pop("ref")
   name = f"h{k:05d}"
   row = _video_row(out, name, clip, cfg)
-  save_npz(
-    out / "gt" / f"{name}.npz",
-    frames=clip.frames,
-    kp133=clip.kp133.astype(np.float32),
-    labels=clip.labels,
+  _save_gt(
+    out,
+    name,
+    clip,
     ref_frame=ref.frames[0],
     ref_kp133=ref.kp133[0].astype(np.float32),
     ref_labels=ref.labels[0],
-    meta=json.dumps(clip.meta),
   )
   # The misaligned reference and a frame of the clip as an image pair of the held-out split.
   spec = PuppetSpec.from_json(clip.meta["puppet"])
